@@ -1,0 +1,1 @@
+"""Benchmarks stage: not built yet. See the project issues."""

@@ -1,0 +1,1 @@
+"""Edge stage: not built yet. See the project issues."""

@@ -1,0 +1,1 @@
+"""Export stage: not built yet. See the project issues."""

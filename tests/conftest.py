@@ -1,0 +1,41 @@
+"""Tests build their own tiny images; nothing here reads the real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SIZE = 48
+
+
+def photo(positive: bool, seed: int, size: int = SIZE) -> Image.Image:
+    """A small, learnable road-like image: potholes are a dark blob."""
+    from train.demo import render
+
+    return render(positive, np.random.default_rng(seed)).resize((size, size))
+
+
+def make_folder(root: Path, per_class: int = 10, names: tuple[str, str] = ("normal", "pothole"), seed: int = 0) -> Path:
+    for label, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            photo(bool(label), seed * 1000 + label * 100 + i).save(root / name / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only dataset shared by the slower training tests."""
+    return make_folder(tmp_path_factory.mktemp("shared") / "data", per_class=14)
+
+
+# the smallest real configuration: random Lite0 at 32 px, no worker processes
+TINY = dict(arch="efficientnet_lite0", weights="none", img_size=32, batch_size=8, workers=0, epochs=2, device="cpu")

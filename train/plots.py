@@ -1,0 +1,73 @@
+"""PNG plots a person reads at a glance: confusion matrix, ROC, PR, and training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from train.fileio import atomic_write
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _figure()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], threshold: float, path: Path) -> Path:
+    plt = _figure()
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black", fontsize=14)
+    ax.set_xticks([0, 1], [f"pred {c}" for c in class_names])
+    ax.set_yticks([0, 1], [f"true {c}" for c in class_names])
+    ax.set_title(f"Confusion matrix (threshold {threshold:.3f})")
+    return _save(fig, path)
+
+
+def roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.4f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def pr(precision: np.ndarray, recall: np.ndarray, ap: float, base_rate: float, path: Path) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.step(recall, precision, where="post", lw=2, label=f"AP = {ap:.4f}")
+    ax.axhline(base_rate, ls="--", color="grey", lw=1, label=f"chance = {base_rate:.2f}")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left")
+    return _save(fig, path)
+
+
+def history(rows: list[dict[str, Any]], best_epoch: int | None, path: Path) -> Path:
+    plt = _figure()
+    epochs = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, title in ((a, "loss", "Loss"), (b, "acc", "Accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", label="val")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, ls="--", color="grey", lw=1, label="best (restored)")
+        ax.set(xlabel="epoch", title=title)
+        ax.legend()
+    return _save(fig, path)

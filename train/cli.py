@@ -12,7 +12,7 @@ from train.config import EvalConfig, TrainConfig
 from train.errors import UsageError
 
 
-def _run(fn: Callable[[], Any]) -> None:
+def _run(fn: Callable[[], Any], interrupted: str = "interrupted") -> None:
     """User mistakes become one line on stderr and exit code 2; Ctrl-C exits 130."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("PIL", "matplotlib"):
@@ -23,7 +23,7 @@ def _run(fn: Callable[[], Any]) -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted; finished epochs are kept, continue with --resume RUN_DIR", err=True)
+        click.echo(interrupted, err=True)
         sys.exit(130)
 
 
@@ -49,7 +49,7 @@ def _given(**options: Any) -> dict[str, Any]:
 @click.option("--val-fraction", type=float, help="[default: 0.15]")
 @click.option("--test-fraction", type=float, help="[default: 0.15]")
 @click.option("--seed", type=int, help="[default: 0]")
-@click.option("--workers", type=int, help="Data-loading processes.  [default: one per spare core, at most 4]")
+@click.option("--workers", type=int, help="Data-loading processes.  [default: 0 on 2 cores or fewer, else half the cores, at most 4]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA.  [default: on]")
 @click.option("--demo-per-class", type=int, help="Images per class for --data demo.  [default: 100]")
@@ -70,7 +70,7 @@ def train_main(resume: str | None, **options: Any) -> None:
             raise UsageError("missing --data DIR (a folder with normal/ and pothole/), or --data demo, or --resume RUN_DIR")
         train(TrainConfig(**_given(**options)))
 
-    _run(go)
+    _run(go, "interrupted; finished epochs are kept: continue with pt-train --resume RUN_DIR")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -79,7 +79,7 @@ def train_main(resume: str | None, **options: Any) -> None:
 @click.option("--out", help="Report directory.  [default: runs/eval]")
 @click.option("--threshold", type=float, help="Decision threshold.  [default: the model's]")
 @click.option("--batch-size", type=int, help="[default: 32]")
-@click.option("--workers", type=int, help="[default: one per spare core, at most 4]")
+@click.option("--workers", type=int, help="[default: 0 on 2 cores or fewer, else half the cores, at most 4]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 def eval_main(model: str, **options: Any) -> None:
     """Evaluate MODEL (a run directory or model.pt) on every image of a labelled folder."""

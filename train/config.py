@@ -32,7 +32,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-    workers: int | None = None  # None: one per spare core, at most 4
+    workers: int | None = None  # None: 0 on 2 cores or fewer, else half the cores, at most 4
     device: str = "auto"
     amp: bool = True
     demo_per_class: int = 100

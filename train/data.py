@@ -152,7 +152,7 @@ def _require_dir(root: Path) -> None:
 
 
 def load_for_training(root: str | Path, positive: str | None, val_fraction: float, test_fraction: float, seed: int, workers: int = 4) -> LabelledFolder:
-    root = Path(root)
+    root = Path(root).absolute()
     _require_dir(root)
     presplit = [s for s in SPLITS if (root / s).is_dir()]
     if presplit:
@@ -182,7 +182,7 @@ def load_for_training(root: str | Path, positive: str | None, val_fraction: floa
 
 def load_for_evaluation(root: str | Path, class_names: tuple[str, str], workers: int = 4) -> LabelledFolder:
     """Every image under the class folders is a test image; one class alone is allowed."""
-    root = Path(root)
+    root = Path(root).absolute()
     _require_dir(root)
     if set(SPLITS) <= set(_subdirs(root)):
         entries = [(root / s / n, label, "test") for s in SPLITS for n, label in resolve_eval_classes(root / s, class_names).items()]

@@ -18,6 +18,7 @@ log = logging.getLogger("pt-eval")
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Score every image of a labelled folder with a checkpoint; write metrics, plots and predictions."""
+    from train.cpu import keep_freed_memory
     from train.distributed import Context, pick_device
     from train.engine import predict
     from train.loader import PhotoDataset, default_workers, make_loader
@@ -27,6 +28,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         raise UsageError(f"{config.model}: ONNX models are evaluated by the export stage, which this version does not include yet; pass a run directory or model.pt")
     if config.threshold is not None and not 0 <= config.threshold <= 1:
         raise UsageError(f"--threshold {config.threshold} must be between 0 and 1")
+    keep_freed_memory()
     ckpt = checkpoint.load(config.model)
     config = replace(config, threshold=ckpt.get("threshold", 0.5) if config.threshold is None else config.threshold, workers=default_workers() if config.workers is None else config.workers)
     out = ensure_writable_dir(config.out, "output directory")

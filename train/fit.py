@@ -109,7 +109,7 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
             sampler.set_epoch(epoch)
         loader = make_loader(train_set, config.batch_size, config.workers, shuffle=True, sampler=sampler, seed=config.seed + epoch, drop_last=per_rank % config.batch_size == 1)
         train_loss, train_acc = train_one_epoch(model, loader, criterion, optimizer, ctx, scaler, amp, desc=f"epoch {epoch + 1}/{config.epochs}")
-        val = predict(bare if not ctx.distributed else model.module, val_loader, ctx, amp, desc="validating")
+        val = predict(bare, val_loader, ctx, amp, desc="validating")  # every rank its shard, no DDP sync needed
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(val.loss)
         improved = stopper.step(val.loss, epoch)

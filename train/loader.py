@@ -28,7 +28,10 @@ class PhotoDataset(Dataset):
 
 
 def default_workers() -> int:
-    return min(4, max(0, (os.cpu_count() or 1) - 1))
+    """No worker processes on 2 cores or fewer: there a worker only steals the compute threads' cores
+    (measured on the real photos: 28.6 s per Lite0 epoch with none, 32.0 s with one)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 2)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, sampler=None, seed: int = 0, drop_last: bool = False) -> DataLoader:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from train import data
+from train.checkpoint import LAST
 from train.config import TrainConfig, load_json, to_dict
 from train.errors import UsageError
 from train.fileio import ensure_writable_dir, write_json, write_text
-from train.checkpoint import LAST
 from train.models import WEIGHT_CHOICES, check_arch
 
 log = logging.getLogger("pt-train")
@@ -95,8 +95,10 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     Under torchrun every rank calls this; rank 0 alone writes files.
     """
     from train import distributed
+    from train.cpu import keep_freed_memory
 
     started = time.time()
+    keep_freed_memory()
     if resume:
         out = Path(resume)
         if not (out / "config.json").is_file():

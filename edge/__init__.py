@@ -1,1 +1,1 @@
-"""Edge stage: not built yet. See the project issues."""
+"""Edge stage: ONNX Runtime on a dashcam. Needs only onnxruntime, opencv and numpy; never imports torch."""

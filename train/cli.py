@@ -14,9 +14,10 @@ from train.errors import UsageError
 
 def _run(fn: Callable[[], Any], interrupted: str = "interrupted") -> None:
     """User mistakes become one line on stderr and exit code 2; Ctrl-C exits 130."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("PIL", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # libraries stay at WARNING: onnxruntime's quantiser alone logs hundreds of INFO lines
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for ours in ("pt-train", "pt-eval", "pt-export", "train", "export"):
+        logging.getLogger(ours).setLevel(logging.INFO)
     try:
         fn()
     except UsageError as e:

@@ -17,11 +17,22 @@ def _to_tensor(spec: dict[str, Any]) -> list:
     return [T.ToTensor(), T.Normalize(spec["mean"], spec["std"])]
 
 
-def eval_transform(spec: dict[str, Any]) -> Callable:
-    """Resize the shorter side, centre-crop, scale to [0, 1], normalise."""
+def geometry(spec: dict[str, Any]) -> Callable:
+    """PIL image in, PIL image out: resize the shorter side, then centre-crop.
+
+    The one implementation of inference-time geometry: training's evaluation and the export's
+    uint8 model inputs both go through it.
+    """
     from torchvision import transforms as T
 
-    return T.Compose([T.Resize(spec["resize"], _interpolation(spec), antialias=spec["antialias"]), T.CenterCrop(spec["crop"]), *_to_tensor(spec)])
+    return T.Compose([T.Resize(spec["resize"], _interpolation(spec), antialias=spec["antialias"]), T.CenterCrop(spec["crop"])])
+
+
+def eval_transform(spec: dict[str, Any]) -> Callable:
+    """`geometry`, then scale to [0, 1] and normalise."""
+    from torchvision import transforms as T
+
+    return T.Compose([geometry(spec), *_to_tensor(spec)])
 
 
 def train_transform(spec: dict[str, Any]) -> Callable:

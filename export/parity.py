@@ -1,0 +1,80 @@
+"""The proof: the same inputs through two backends, compared image by image and metric by metric."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from train.metrics import binary_metrics
+
+FLOAT_METRICS = ("accuracy", "specificity", "sensitivity", "precision", "f1", "average_precision", "roc_auc")
+
+
+@dataclass(frozen=True)
+class ExactGate:
+    """FP32: the candidate reproduces the reference."""
+
+    prob_tol: float
+    metric_tol: float
+    min_label_agreement: float
+
+
+@dataclass(frozen=True)
+class DropGate:
+    """Reduced precision: the candidate may lose at most this much."""
+
+    max_accuracy_drop: float
+    max_auc_drop: float
+    prob_tol: float | None = None
+
+
+def compare(name: str, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, threshold: float, class_names: Sequence[str], gate: ExactGate | DropGate) -> dict[str, Any]:
+    ref_m = binary_metrics(labels, reference, threshold, class_names)
+    cand_m = binary_metrics(labels, candidate, threshold, class_names)
+    diff = np.abs(reference - candidate)
+    agreement = float(np.mean((reference >= threshold) == (candidate >= threshold)))
+    deltas = {k: abs(ref_m[k] - cand_m[k]) for k in FLOAT_METRICS if ref_m.get(k) is not None and cand_m.get(k) is not None}
+    failures = []
+    if isinstance(gate, ExactGate):
+        if diff.max(initial=0) > gate.prob_tol:
+            failures.append(f"max |probability difference| {diff.max():.2e} > {gate.prob_tol:g}")
+        if agreement < gate.min_label_agreement:
+            failures.append(f"label agreement {agreement:.4f} < {gate.min_label_agreement:g}")
+        if ref_m["confusion_matrix"] != cand_m["confusion_matrix"]:
+            failures.append(f"confusion matrix {cand_m['confusion_matrix']} != {ref_m['confusion_matrix']}")
+        failures += [f"{k} differs by {d:.2e} > {gate.metric_tol:g}" for k, d in deltas.items() if d > gate.metric_tol]
+    else:
+        acc_drop = ref_m["accuracy"] - cand_m["accuracy"]
+        if acc_drop > gate.max_accuracy_drop:
+            failures.append(f"accuracy drops {acc_drop:.4f} > {gate.max_accuracy_drop:g}")
+        if ref_m["roc_auc"] is not None and ref_m["roc_auc"] - cand_m["roc_auc"] > gate.max_auc_drop:
+            failures.append(f"ROC-AUC drops {ref_m['roc_auc'] - cand_m['roc_auc']:.4f} > {gate.max_auc_drop:g}")
+        if gate.prob_tol is not None and diff.max(initial=0) > gate.prob_tol:
+            failures.append(f"max |probability difference| {diff.max():.2e} > {gate.prob_tol:g}")
+    return {
+        "name": name,
+        "passed": not failures,
+        "failures": failures,
+        "gate": {"kind": type(gate).__name__} | gate.__dict__,
+        "n": int(labels.size),
+        "max_abs_prob_diff": float(diff.max(initial=0)),
+        "mean_abs_prob_diff": float(diff.mean()) if diff.size else 0.0,
+        "label_agreement": agreement,
+        "metric_abs_diff": deltas,
+        "reference_metrics": ref_m,
+        "candidate_metrics": cand_m,
+    }
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    """One row per comparison: what a person checks first."""
+    head = f"{'comparison':<24} {'n':>4} {'max|dprob|':>10} {'labels':>7} {'acc':>13} {'roc_auc':>15}  result"
+    rows = [head, "-" * len(head)]
+    for r in reports:
+        ref, cand = r["reference_metrics"], r["candidate_metrics"]
+        auc = f"{ref['roc_auc']:.4f}->{cand['roc_auc']:.4f}" if ref["roc_auc"] is not None else "n/a"
+        acc = f"{ref['accuracy']:.4f}->{cand['accuracy']:.4f}"
+        rows.append(f"{r['name']:<24} {r['n']:>4} {r['max_abs_prob_diff']:>10.2e} {r['label_agreement']:>7.2%} {acc:>13} {auc:>15}  {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}")
+    return "\n".join(rows)

@@ -1,0 +1,172 @@
+"""Export: round trip on a tiny model, torch-free metadata, the parity gate, variants, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export import graph, metadata
+from export.config import ExportConfig
+from export.run import GateFailed, export
+from tests.conftest import TINY
+from tests.test_cli import BIN, assert_usage_error, run
+from train import checkpoint
+from train.config import EvalConfig, TrainConfig
+from train.errors import UsageError
+from train.evaluate import evaluate
+from train.run import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(shared_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    train(TrainConfig(data=str(shared_folder), out=str(out), **(TINY | {"epochs": 3})))
+    return out
+
+
+def test_round_trip(run_dir, tmp_path):
+    result = export(ExportConfig(str(run_dir), out=str(tmp_path), speed_runs=3))
+    path = tmp_path / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] and report["reports"][0]["label_agreement"] == 1.0
+    assert report["reports"][0]["max_abs_prob_diff"] <= 1e-4
+    assert report == json.loads(json.dumps(result))
+
+    from export.ort import cpu_session
+
+    session = cpu_session(path)
+    for batch in (1, 3):  # dynamic batch axis
+        probs = session.run(None, {"image": np.zeros((batch, 32, 32, 3), np.uint8)})[0]
+        assert probs.shape == (batch, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    meta = metadata.read(path)
+    ckpt = torch.load(run_dir / "model.pt", weights_only=True)
+    assert meta["class_names"] == ckpt["class_names"] and meta["threshold"] == ckpt["threshold"]
+    assert meta["preprocess"]["mean"] == ckpt["preprocess"]["mean"] and meta["input"]["layout"] == "NHWC"
+    assert meta["opset"] == 17 and len(meta["checkpoint_sha256"]) == 64
+
+
+@pytest.mark.parametrize("block_onnx", [False, True])
+def test_metadata_reads_without_torch(run_dir, tmp_path, block_onnx):
+    export(ExportConfig(str(run_dir), out=str(tmp_path), speed_runs=3))
+    code = (
+        "import sys, json\n"
+        + ("sys.modules['onnx'] = None\n" if block_onnx else "")
+        + "from export import metadata\n"
+        f"meta = metadata.read({str(tmp_path / 'model.onnx')!r})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(json.dumps(meta['class_names']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["normal", "pothole"]
+
+
+def test_gate_fails_on_a_perturbed_model_and_leaves_no_passing_file(run_dir, tmp_path, monkeypatch):
+    real = graph.to_onnx
+
+    def perturbed(module, path, opset, crop):
+        real(module, path, opset, crop)
+        model = onnx.load(str(path))
+        for init in model.graph.initializer:  # nudge every weight by 1%
+            arr = onnx.numpy_helper.to_array(init)
+            if arr.dtype == np.float32 and arr.size > 1:
+                init.CopyFrom(onnx.numpy_helper.from_array(arr * 1.01, init.name))
+        onnx.save(model, str(path))
+
+    monkeypatch.setattr(graph, "to_onnx", perturbed)
+    with pytest.raises(GateFailed, match="pytorch vs ort fp32"):
+        export(ExportConfig(str(run_dir), out=str(tmp_path), simplify=False))
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "parity.json").exists()
+    assert (tmp_path / "model.onnx.failed").exists()
+    failed = json.loads((tmp_path / "parity.failed.json").read_text())
+    assert not failed["passed"] and failed["reports"][0]["failures"]
+
+
+def test_int8_and_fp16_variants_carry_their_own_proof(run_dir, tmp_path):
+    # a 3-epoch toy model on 8 test images: the accuracy gate is opened, the mechanics are what is tested
+    result = export(ExportConfig(str(run_dir), out=str(tmp_path), int8=True, fp16=True, int8_max_accuracy_drop=1.0, int8_max_auc_drop=1.0, fp16_prob_tol=1.0, speed_runs=3, calibration_images=8))
+    names = [r["name"] for r in result["reports"]]
+    assert names == ["pytorch vs ort fp32", "pytorch vs ort int8", "pytorch vs ort fp16 (cpu)"]
+    int8 = onnx.load(str(tmp_path / "model.int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+    assert metadata.read(tmp_path / "model.int8.onnx")["variant"] == "int8"
+    fp16 = onnx.load(str(tmp_path / "model.fp16.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert result["cpu_batch1_latency"]["int8_speedup"] > 0
+
+
+def test_pt_eval_on_onnx_matches_the_checkpoint(run_dir, shared_folder, tmp_path):
+    export(ExportConfig(str(run_dir), out=str(tmp_path / "x"), speed_runs=3))
+    a = evaluate(EvalConfig(model=str(run_dir / "model.pt"), data=str(shared_folder), out=str(tmp_path / "pt"), workers=0))
+    b = evaluate(EvalConfig(model=str(tmp_path / "x" / "model.onnx"), data=str(shared_folder), out=str(tmp_path / "onnx"), workers=0))
+    assert a["confusion_matrix"] == b["confusion_matrix"] and a["n"] == b["n"] == 28
+    for k in ("accuracy", "roc_auc", "average_precision"):
+        assert a[k] == pytest.approx(b[k], abs=1e-4)
+    assert (tmp_path / "onnx" / "roc_curve.png").is_file()
+
+
+def test_bad_inputs(run_dir, tmp_path):
+    not_ckpt = tmp_path / "notes.pt"
+    not_ckpt.write_text("hello")
+    with pytest.raises(UsageError, match="not a readable checkpoint"):
+        export(ExportConfig(str(not_ckpt)))
+    ckpt = torch.load(run_dir / "model.pt", weights_only=True)
+    (tmp_path / "odd").mkdir()
+    checkpoint.save({k: v for k, v in ckpt.items() if k not in ("format", "version")} | {"arch": "vgg16"}, tmp_path / "odd" / "model.pt")
+    with pytest.raises(UsageError, match="unknown arch 'vgg16'"):
+        export(ExportConfig(str(tmp_path / "odd")))
+    for opset in (12, 99):
+        with pytest.raises(UsageError, match=f"--opset {opset} is not supported; choose 13 to"):
+            export(ExportConfig(str(run_dir), opset=opset, out=str(tmp_path / "o")))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="cannot write"):
+        export(ExportConfig(str(run_dir), out=str(blocker / "sub")))
+
+
+def test_cli_exit_codes(run_dir, tmp_path):
+    assert_usage_error(run("pt-export", str(run_dir), "--opset", "12", "--out", str(tmp_path)), "--opset 12")
+    bare = tmp_path / "bare.onnx"
+    onnx.save(onnx.load(str(_exported(run_dir, tmp_path))), str(bare))
+    model = onnx.load(str(bare))
+    del model.metadata_props[:]
+    onnx.save(model, str(bare))
+    assert_usage_error(run("pt-eval", str(bare), "--data", str(tmp_path), "--out", str(tmp_path / "e")), "no pothole-edge metadata", "pt-export")
+
+
+def _exported(run_dir, tmp_path):
+    export(ExportConfig(str(run_dir), out=str(tmp_path / "ok"), speed_runs=3))
+    return tmp_path / "ok" / "model.onnx"
+
+
+def test_edge_opencv_preprocessing_matches_training_geometry(tmp_path):
+    """Same size and crop arithmetic as torchvision; only the resampling filter may differ slightly."""
+    from PIL import Image
+
+    from edge.preprocess import read_image, to_input
+    from export.inputs import load_inputs
+    from tests.conftest import photo
+
+    spec = {"resize": 37, "crop": 32, "interpolation": "bilinear", "antialias": True, "mean": [0.5] * 3, "std": [0.5] * 3}
+    for i, size in enumerate([(120, 80), (80, 120), (64, 64), (30, 20)]):
+        path = tmp_path / f"{i}.png"
+        photo(True, i, 128).resize(size).save(path)
+        pil = load_inputs([path], spec)[0]
+        cv = to_input(read_image(str(path)), spec)
+        assert cv.shape == pil.shape == (32, 32, 3)
+        assert np.abs(pil.astype(int) - cv).mean() < 6  # same pixels, slightly different filters
+    rgba = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    rgba.save(tmp_path / "clear.png")
+    assert read_image(str(tmp_path / "clear.png")).min() == 255  # transparent reads as white, as in training
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    assert read_image(str(tmp_path / "junk.jpg")) is None

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import make_folder, photo
+from tests.conftest import make_folder
 from train import data
 from train.errors import UsageError
 

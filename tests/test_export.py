@@ -1,7 +1,6 @@
 """Export: round trip on a tiny model, torch-free metadata, the parity gate, variants, bad input."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from export import graph, metadata
 from export.config import ExportConfig
 from export.run import GateFailed, export
 from tests.conftest import TINY
-from tests.test_cli import BIN, assert_usage_error, run
+from tests.test_cli import assert_usage_error, run
 from train import checkpoint
 from train.config import EvalConfig, TrainConfig
 from train.errors import UsageError
@@ -170,3 +169,9 @@ def test_edge_opencv_preprocessing_matches_training_geometry(tmp_path):
     assert read_image(str(tmp_path / "clear.png")).min() == 255  # transparent reads as white, as in training
     (tmp_path / "junk.jpg").write_bytes(b"junk")
     assert read_image(str(tmp_path / "junk.jpg")) is None
+
+
+def test_edge_imports_without_torch():
+    code = "import sys; import edge, edge.preprocess, export.metadata; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -127,5 +127,5 @@ def make_dataset(root: str | Path, per_class: int = 100, seed: int = 0) -> Path:
             img = render(label, rng)
             path = root / name / f"{name}_{i:04d}.jpg"
             if not path.exists():
-                atomic_write(path, lambda tmp: img.save(tmp, format="JPEG", quality=90))
+                atomic_write(path, lambda tmp, img=img: img.save(tmp, format="JPEG", quality=90))
     return root

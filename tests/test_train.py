@@ -102,3 +102,17 @@ def test_early_stopping_restores_the_best_epoch():
     restored = fit.EarlyStopping(2, 0.01)
     restored.load_state_dict(stopper.state_dict())
     assert restored == stopper
+
+
+def test_a_run_whose_val_loss_never_improves_still_finishes(shared_folder, tmp_path, monkeypatch):
+    real_predict = fit.predict
+
+    def nan_loss(*args, **kwargs):
+        preds = real_predict(*args, **kwargs)
+        preds.loss = float("nan")
+        return preds
+
+    monkeypatch.setattr(fit, "predict", nan_loss)
+    train(_config(shared_folder, tmp_path / "run", epochs=1))
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["epoch"] == 1

@@ -136,8 +136,12 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
 
 def finish(config: TrainConfig, out: Path, folder: data.LabelledFolder, model: torch.nn.Module, meta: dict[str, Any], history: list[dict[str, Any]], stopper: EarlyStopping, ctx: Context, started: float, world_size: int = 1) -> dict[str, Any]:
     """Restore the best weights, choose the threshold on val, evaluate on test, write model.pt."""
-    best = torch.load(out / BEST, map_location="cpu", weights_only=True)
-    model.load_state_dict(best["state_dict"])
+    if (out / BEST).is_file():
+        best = torch.load(out / BEST, map_location="cpu", weights_only=True)
+        model.load_state_dict(best["state_dict"])
+    else:  # the val loss never improved on infinity (NaN from the first epoch): keep the last weights
+        log.warning("validation loss never improved (is it NaN?); keeping the last epoch's weights")
+        best = {"epoch": len(history)}
     spec = meta["preprocess"]
     amp = config.amp and ctx.device.type == "cuda"
     sets = {name: PhotoDataset(folder.root, folder.split(name), eval_transform(spec)) for name in ("val", "test")}
@@ -160,7 +164,7 @@ def finish(config: TrainConfig, out: Path, folder: data.LabelledFolder, model: t
         "threshold": threshold,
         "test": {k: metrics[k] for k in ("accuracy", "roc_auc", "average_precision")},
     })
-    (out / BEST).unlink()  # model.pt now holds these weights, with their metrics
+    (out / BEST).unlink(missing_ok=True)  # model.pt now holds these weights, with their metrics
     log.info("test split (%d images):\n%s", metrics["n"], format_metrics(metrics))
     log.info("wrote %s", out / "model.pt")
     return metrics

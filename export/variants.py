@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -24,7 +23,12 @@ def int8(fp32: Path, out: Path, calibration: np.ndarray, reduce_range: bool = Fa
     The final Softmax stays in float: quantising probabilities would coarsen every threshold.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = out.with_name(out.stem + ".prep.onnx")
@@ -57,7 +61,3 @@ def fp16(fp32: Path, out: Path) -> Path:
     model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
     onnx.save(model, str(out))
     return out
-
-
-def metadata_for(meta: dict[str, Any], variant: str) -> dict[str, Any]:
-    return meta | {"variant": variant}

@@ -34,7 +34,7 @@ def torch_scorer(config: EvalConfig) -> tuple[tuple[str, str], float, Scorer]:
 
     def score(folder: data.LabelledFolder) -> tuple[list[str], np.ndarray, np.ndarray]:
         dataset = PhotoDataset(folder.root, folder.samples, eval_transform(ckpt["preprocess"]))
-        preds = predict(model, make_loader(dataset, config.batch_size, config.workers or 0), ctx, amp=False, positive_index=ckpt["positive_index"], desc="evaluating")
+        preds = predict(model, make_loader(dataset, config.batch_size, config.workers), ctx, amp=False, positive_index=ckpt["positive_index"], desc="evaluating")
         return [dataset.samples[i].path for i in preds.indices], preds.labels, preds.probs
 
     return tuple(ckpt["class_names"]), float(ckpt.get("threshold", 0.5)), score

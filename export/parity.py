@@ -70,11 +70,12 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray, labels: np.
 
 def table(reports: list[dict[str, Any]]) -> str:
     """One row per comparison: what a person checks first."""
-    head = f"{'comparison':<24} {'n':>4} {'max|dprob|':>10} {'labels':>7} {'acc':>13} {'roc_auc':>15}  result"
+    width = max([len("comparison")] + [len(r["name"]) for r in reports])
+    head = f"{'comparison':<{width}} {'n':>4} {'max|dprob|':>10} {'labels':>7} {'acc':>13} {'roc_auc':>15}  result"
     rows = [head, "-" * len(head)]
     for r in reports:
         ref, cand = r["reference_metrics"], r["candidate_metrics"]
         auc = f"{ref['roc_auc']:.4f}->{cand['roc_auc']:.4f}" if ref["roc_auc"] is not None else "n/a"
         acc = f"{ref['accuracy']:.4f}->{cand['accuracy']:.4f}"
-        rows.append(f"{r['name']:<24} {r['n']:>4} {r['max_abs_prob_diff']:>10.2e} {r['label_agreement']:>7.2%} {acc:>13} {auc:>15}  {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}")
+        rows.append(f"{r['name']:<{width}} {r['n']:>4} {r['max_abs_prob_diff']:>10.2e} {r['label_agreement']:>7.2%} {acc:>13} {auc:>15}  {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}")
     return "\n".join(rows)

@@ -27,7 +27,7 @@ def to_input(frame_bgr: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     shrinking = new_h < h and spec.get("antialias", True)
     resized = cv2.resize(frame_bgr, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     crop = spec["crop"]
-    top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+    top, left = round((new_h - crop) / 2.0), round((new_w - crop) / 2.0)
     return cv2.cvtColor(resized[top : top + crop, left : left + crop], cv2.COLOR_BGR2RGB)
 
 

@@ -1,0 +1,420 @@
+"""edge-run: sources, events, outputs, shutdown and bad input, on a tiny model whose answer is known.
+
+The model says "pothole" in proportion to a frame's brightness, so a generated video with bright
+and dark segments has known events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import EdgeConfig
+from edge.decide import EventDetector
+from edge.reader import Newest
+from edge.runner import run
+from export import metadata
+from tests.test_cli import assert_usage_error
+
+CROP = 32
+DARK, BRIGHT = 40, 215
+SEGMENTS = [(DARK, 20), (BRIGHT, 15), (DARK, 20), (BRIGHT, 10), (DARK, 15)]  # (level, frames)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def brightness_model(path: Path, with_metadata: bool = True) -> Path:
+    """uint8 NHWC in, softmax([-z, z]) out with z = (mean - 128) / 16: bright means pothole."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Sub", ["m", "c128"], ["d"]),
+        helper.make_node("Div", ["d", "c16"], ["z0"]),
+        helper.make_node("Unsqueeze", ["z0", "ax1"], ["z"]),
+        helper.make_node("Neg", ["z"], ["nz"]),
+        helper.make_node("Concat", ["nz", "z"], ["logits"], axis=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    consts = [
+        helper.make_tensor("c128", TensorProto.FLOAT, [], [128.0]),
+        helper.make_tensor("c16", TensorProto.FLOAT, [], [16.0]),
+        helper.make_tensor("ax1", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "brightness",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", CROP, CROP, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 2])],
+        initializer=consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if with_metadata:
+        meta = {
+            "schema_version": metadata.SCHEMA_VERSION,
+            "class_names": ["normal", "pothole"],
+            "positive_index": 1,
+            "threshold": 0.5,
+            "preprocess": {"resize": 36, "crop": CROP, "interpolation": "bilinear", "antialias": True, "mean": [0.5] * 3, "std": [0.5] * 3, "normalization": "in_graph"},
+            "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channel_order": "RGB", "height": CROP, "width": CROP},
+            "output": {"name": "probs", "kind": "probabilities"},
+        }
+        helper.set_model_props(model, {metadata.KEY: metadata.dumps(meta)})
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_video(path: Path, segments: list[tuple[int, int]] = SEGMENTS, fps: float = 10.0, size: tuple[int, int] = (64, 48)) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    assert writer.isOpened(), "this OpenCV cannot write mp4v"
+    rng = np.random.default_rng(0)
+    for level, count in segments:
+        for _ in range(count):
+            noise = rng.integers(-10, 11, (size[1], size[0], 3))
+            writer.write(np.clip(level + noise, 0, 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return brightness_model(tmp_path_factory.mktemp("edge-model") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("edge-video") / "clip.mp4")
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def edge_run(*args: str, timeout: float = 120, exe: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [exe] if exe else [sys.executable, "-c", "from edge.cli import main; main()"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def bright_ranges(segments: list[tuple[int, int]] = SEGMENTS) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for level, count in segments:
+        if level == BRIGHT:
+            out.append((start, start + count - 1))
+        start += count
+    return out
+
+
+def test_video_gives_one_event_per_bright_segment(model, video, tmp_path):
+    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), threads=1))
+    total = sum(n for _, n in SEGMENTS)
+    assert result["status"] == "finished" and result["provider"] == "CPUExecutionProvider"
+    assert result["frames"] == {"read": total, "processed": total, "dropped": 0, "unreadable": 0}
+
+    rows = lines(tmp_path / "run" / "predictions.jsonl")
+    assert [r["frame"] for r in rows] == list(range(total))  # a file loses no frame
+    assert rows[10]["time"] == pytest.approx(1.0, abs=0.01)  # the file's clock, 10 fps
+    for r in rows:
+        assert r["label"] == ("pothole" if r["prob"] >= 0.5 else "normal")
+
+    closed = [e for e in lines(tmp_path / "run" / "events.jsonl") if e["status"] == "closed"]
+    assert len(closed) == result["events"] == 2
+    for event, (first, last) in zip(closed, bright_ranges()):
+        # the EMA delays the start by a frame or two and the hysteresis holds the end a few frames
+        assert first <= event["start_frame"] <= first + 2 and last <= event["end_frame"] <= last + 4
+        assert first <= event["peak_frame"] <= last and event["peak_prob"] > 0.99 and not event["open_at_end"]
+        assert rows[event["peak_frame"]]["prob"] == pytest.approx(event["peak_prob"], abs=1e-6)
+        snap = cv2.imread(str(tmp_path / "run" / "snapshots" / f"event_{event['id']:05d}.jpg"))
+        assert snap is not None and snap.mean() > 150  # the snapshot is the bright frame
+    assert {r["event"] for r in rows if r["event"] is not None} == {1, 2}
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["fps"] > 0 and summary["model_only_fps"] > 0 and summary["metadata"]["class_names"] == ["normal", "pothole"]
+    assert set(summary["latency_ms"]) == {"read", "preprocess", "infer", "post"}
+    assert all(v["n"] == total and v["p95_ms"] >= v["p50_ms"] for v in summary["latency_ms"].values())
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["video"] == str(video)
+
+
+def test_stride_and_threshold_flags(model, video, tmp_path):
+    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), stride=3, threshold=0.999999))
+    rows = lines(tmp_path / "run" / "predictions.jsonl")
+    assert [r["frame"] for r in rows] == list(range(0, sum(n for _, n in SEGMENTS), 3))
+    assert result["threshold"] == 0.999999 and result["events"] == 0  # smoothing keeps below such a threshold
+
+
+def test_event_detector_hysteresis_stops_flicker():
+    detector = EventDetector(threshold=0.5, alpha=1.0, hysteresis=0.3)
+    probs = [0.1, 0.6, 0.45, 0.55, 0.4, 0.6, 0.2, 0.1]  # dips to 0.4 stay above 0.35, the off level
+    steps = [detector.update(i, i / 10, p) for i, p in enumerate(probs)]
+    assert [s.active for s in steps] == [False, True, True, True, True, True, False, False]
+    assert sum(s.opened is not None for s in steps) == 1
+    closed = steps[6].closed
+    assert (closed.start_frame, closed.end_frame, closed.peak_prob, closed.peak_frame, closed.frames) == (1, 5, 0.6, 1, 5)
+
+
+def test_newest_slot_keeps_only_the_latest_frame():
+    slot = Newest()
+    for i in range(5):
+        slot.put(i)
+    assert slot.get(timeout=0.1) == 4 and slot.dropped == 4
+    slot.close()
+    assert slot.get(timeout=0.1) is None
+
+
+def test_image_folder_skips_unreadable_files(model, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, level in enumerate([DARK, BRIGHT, DARK]):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((40, 50, 3), level, np.uint8))
+    (folder / "3.jpg").write_bytes(b"not an image")
+    result = run(EdgeConfig(model=str(model), images=str(folder), out=str(tmp_path / "run")))
+    rows = lines(tmp_path / "run" / "predictions.jsonl")
+    assert [(Path(r["file"]).name, r["label"]) for r in rows] == [("0.png", "normal"), ("1.png", "pothole"), ("2.png", "normal")]
+    assert result["frames"]["unreadable"] == 1 and result["events"] is None  # photos are not a sequence
+    run(EdgeConfig(model=str(model), images=str(folder / "*.png"), out=str(tmp_path / "glob")))
+    assert len(lines(tmp_path / "glob" / "predictions.jsonl")) == 3
+
+
+class FakeCamera:
+    """cv2.VideoCapture stand-in. Each open plays the next script: a number of frames, or None for a failed open."""
+
+    scripts: list = []
+    opens = 0
+
+    def __init__(self, target, *args):
+        assert target == 0
+        cls = type(self)
+        self.frames = cls.scripts[cls.opens] if cls.opens < len(cls.scripts) else None
+        cls.opens += 1
+
+    def isOpened(self):
+        return self.frames is not None
+
+    def read(self):
+        if not self.frames:
+            return False, None
+        self.frames -= 1
+        time.sleep(0.002)
+        return True, np.full((48, 64, 3), BRIGHT, np.uint8)
+
+    def get(self, prop):
+        return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self):
+        pass
+
+
+def test_fake_camera_reconnects_then_reports_the_lost_source(model, tmp_path, monkeypatch):
+    # open, 40 frames, disconnect; one failed reopen; back for 40 frames; then gone for good
+    monkeypatch.setattr(FakeCamera, "scripts", [40, None, 40])
+    monkeypatch.setattr(FakeCamera, "opens", 0)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    result = run(EdgeConfig(model=str(model), camera=0, out=str(tmp_path / "run"), reconnect_timeout=1.0))
+    assert result["status"] == "source lost" and result["reconnects"] == 1
+    gap = result["gaps"][0]
+    assert gap["tries"] == 2 and gap["restored_at"] >= gap["lost_at"] and gap["gap_s"] >= 0.2  # one back-off wait
+    assert result["frames"]["read"] == 80 and 0 < result["frames"]["processed"] <= 80
+    assert result["frames"]["processed"] + result["frames"]["dropped"] == 80  # the newest frame wins, none is invented
+    rows = lines(tmp_path / "run" / "predictions.jsonl")
+    assert len(rows) == result["frames"]["processed"] and all(r["label"] == "pothole" for r in rows)
+    assert any(r["time"] > gap["restored_at"] - 1e-3 for r in rows)  # frames after the reconnect
+
+
+def test_camera_that_never_opens_fails_after_its_retries(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeCamera, "scripts", [])
+    monkeypatch.setattr(FakeCamera, "opens", 0)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    from train.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"camera 0 did not open after \d+ tries over 0.6 s; check the index"):
+        run(EdgeConfig(model=str(model), camera=0, out=str(tmp_path / "run"), reconnect_timeout=0.6))
+    assert FakeCamera.opens >= 3 and not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def needs(ok: bool, why: str) -> None:
+    """Skip locally when a tool is missing; in CI (POTHOLE_EDGE_CI=1, set by .ci/run) fail instead."""
+    if not ok:
+        if os.environ.get("POTHOLE_EDGE_CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def test_stream_survives_two_server_restarts(model, tmp_path):
+    needs(shutil.which("ffmpeg") is not None, "needs ffmpeg (apt-get install ffmpeg; scripts/setup.sh does)")
+    clip = write_video(tmp_path / "loop.mp4", [(BRIGHT, 8), (DARK, 8)], fps=25.0)
+    port = _free_port()
+    serve = ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-c:v", "mpeg4", "-g", "10", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]
+    out = tmp_path / "run"
+    server = subprocess.Popen(serve)
+    edge = subprocess.Popen(
+        [sys.executable, "-c", "from edge.cli import main; main()", "--model", str(model), "--stream", f"tcp://127.0.0.1:{port}", "--out", str(out), "--reconnect-timeout", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    predictions = out / "predictions.jsonl"
+
+    def count() -> int:
+        return len(predictions.read_text().splitlines()) if predictions.exists() else 0
+
+    try:
+        marks = []
+        for restart in range(2):
+            seen = count()
+            _wait_for(lambda: count() >= seen + 20, 60, f"frames before restart {restart + 1}")
+            server.terminate()
+            server.wait(10)
+            time.sleep(1.0)  # the server is down for at least a second
+            marks.append(count())
+            server = subprocess.Popen(serve)
+        _wait_for(lambda: count() >= marks[-1] + 20, 60, "frames after the second restart")
+        edge.send_signal(signal.SIGTERM)
+        log, _ = edge.communicate(timeout=30)
+    finally:
+        for p in (server, edge):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert edge.returncode == 0, log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["reconnects"] == 2, log
+    rows = lines(predictions)
+    assert len(rows) == summary["frames"]["processed"]
+    for gap in summary["gaps"]:
+        assert gap["gap_s"] >= 0.9 and gap["tries"] >= 1
+        assert sum(r["time"] > gap["restored_at"] for r in rows) >= 20  # new frames after each restart
+    assert log.count("lost at") == 2 and log.count("back at") == 2
+    assert {r["label"] for r in rows} == {"normal", "pothole"}  # real decoded frames, both halves of the loop
+
+
+def test_sigterm_and_kill_keep_what_was_written(model, tmp_path):
+    long = write_video(tmp_path / "long.mp4", [(DARK, 50), (BRIGHT, 50)] * 30)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        out = tmp_path / sig.name
+        proc = subprocess.Popen([sys.executable, "-c", "from edge.cli import main; main()", "--model", str(model), "--video", str(long), "--out", str(out), "--threads", "1"], stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: (out / "predictions.jsonl").exists() and len((out / "predictions.jsonl").read_text().splitlines()) > 150, 60, "predictions")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        rows = lines(out / "predictions.jsonl")  # every line is whole JSON, even after a kill
+        assert [r["frame"] for r in rows] == list(range(len(rows)))
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 0, err
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["status"] == "stopped" and summary["frames"]["processed"] == len(rows) < 3000
+            events = lines(out / "events.jsonl")
+            assert events[-1]["status"] == "closed"  # an event open at the signal is closed in the file
+
+
+def test_bad_inputs_exit_2_with_one_line(model, video, tmp_path):
+    bare = brightness_model(tmp_path / "bare.onnx", with_metadata=False)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    used = tmp_path / "used"
+    run(EdgeConfig(model=str(model), video=str(video), out=str(used)))
+    kept = (used / "predictions.jsonl").read_text()
+    cases = [
+        (["--model", str(tmp_path / "missing.onnx"), "--video", str(video)], ["missing.onnx", "does not exist"]),
+        (["--model", str(bare), "--video", str(video)], ["no pothole-edge metadata", "pt-export"]),
+        (["--model", str(model), "--video", str(corrupt)], ["cannot decode video", "corrupt.mp4"]),
+        (["--model", str(model), "--video", str(tmp_path / "none.mp4")], ["none.mp4 does not exist"]),
+        (["--model", str(model), "--camera", "97", "--reconnect-timeout", "0.5"], ["camera 97 did not open after", "--camera"]),
+        (["--model", str(model), "--video", str(video), "--out", str(blocker / "sub")], ["cannot write the output directory", "--out"]),
+        (["--model", str(model), "--video", str(video), "--out", str(used)], ["already holds a run", "new --out"]),
+        (["--model", str(model), "--images", str(tmp_path / "empty*")], ["no images in", "--images"]),
+        (["--model", str(model), "--stream", "/dev/video0"], ["not a stream URL", "rtsp"]),
+        (["--model", str(model), "--video", str(video), "--device", "cuda"], ["CUDAExecutionProvider", "--allow-cpu-fallback"]),
+        (["--model", str(model), "--video", str(video), "--stride", "0"], ["--stride must be 1 or more"]),
+    ]
+    for args, words in cases:
+        result = edge_run(*args, "--out", str(tmp_path / "o"), timeout=60) if "--out" not in args else edge_run(*args, timeout=60)
+        assert_usage_error(result, *words)
+        assert not (tmp_path / "o" / "predictions.jsonl").exists()
+    assert (used / "predictions.jsonl").read_text() == kept  # nothing already written is lost
+    two = edge_run("--model", str(model), "--video", str(video), "--images", str(tmp_path))
+    assert two.returncode == 2 and "not allowed with argument" in two.stderr
+
+
+def test_cpu_fallback_when_asked_for(model, video, tmp_path):
+    result = edge_run("--model", str(model), "--video", str(video), "--device", "cuda", "--allow-cpu-fallback", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "provider: CPUExecutionProvider (asked for cuda" in result.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["provider"] == "CPUExecutionProvider"
+
+
+def test_edge_runs_with_torch_blocked(model, video, tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "import edge.cli, edge.runner, edge.clip\n"
+        f"edge.cli.main(['--model', {str(model)!r}, '--video', {str(video)!r}, '--out', {str(tmp_path / 'run')!r}])\n"
+        "assert not any(m.startswith('torch') and sys.modules[m] is not None for m in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+
+
+EDGE_VENV = ROOT / ".venv-edge"
+
+
+def test_edge_extra_alone_installs_and_runs(model, video, tmp_path):
+    needs((EDGE_VENV / "bin" / "edge-run").exists(), "needs .venv-edge, the `pip install .[edge]` environment scripts/setup.sh makes")
+    python = str(EDGE_VENV / "bin" / "python")
+    no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    result = edge_run("--model", str(model), "--video", str(video), "--out", str(tmp_path / "run"), exe=str(EDGE_VENV / "bin" / "edge-run"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["events"] == 2
+
+
+def test_clip_render_and_score(model, tmp_path):
+    from edge.cli import clip_main
+
+    photos = tmp_path / "photos"
+    for name, level in (("normal", DARK), ("pothole", BRIGHT)):
+        (photos / name).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(photos / name / f"{i}.jpg"), np.full((60, 80, 3), level, np.uint8))
+    clip_main(["render", "--images", str(photos), "--out", str(tmp_path / "clip.mp4"), "--frames-per-photo", "4", "--size", "64"])
+    labels = lines_csv(tmp_path / "clip.mp4.labels.csv")
+    assert len(labels) == 24 and sorted({r["label"] for r in labels}) == ["normal", "pothole"]
+    run(EdgeConfig(model=str(model), video=str(tmp_path / "clip.mp4"), out=str(tmp_path / "run")))
+    from edge.clip import score
+
+    result = score(str(tmp_path / "run"), str(tmp_path / "clip.mp4.labels.csv"))
+    assert result["frames"] == 24 and result["photos"] == 6 and result["photo_agreement"] == 1.0
+
+
+def lines_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -39,3 +39,14 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # the smallest real configuration: random Lite0 at 32 px, no worker processes
 TINY = dict(arch="efficientnet_lite0", weights="none", img_size=32, batch_size=8, workers=0, epochs=2, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run for the export and benchmark tests. Tests write their exports elsewhere."""
+    from train.config import TrainConfig
+    from train.run import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(TrainConfig(data=str(shared_folder), out=str(out), **(TINY | {"epochs": 3})))
+    return out

@@ -12,20 +12,16 @@ import torch
 from export import graph, metadata
 from export.config import ExportConfig
 from export.run import GateFailed, export
-from tests.conftest import TINY
 from tests.test_cli import assert_usage_error, run
 from train import checkpoint
-from train.config import EvalConfig, TrainConfig
+from train.config import EvalConfig
 from train.errors import UsageError
 from train.evaluate import evaluate
-from train.run import train
 
 
-@pytest.fixture(scope="module")
-def run_dir(shared_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    train(TrainConfig(data=str(shared_folder), out=str(out), **(TINY | {"epochs": 3})))
-    return out
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run
 
 
 def test_round_trip(run_dir, tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 from train.fileio import atomic_write
 
 
-def _figure():
+# matplotlib is imported here, not at module level, so that importing train stays light
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,14 +21,14 @@ def _figure():
 
 
 def _save(fig, path: Path) -> Path:
-    plt = _figure()
+    plt = pyplot()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path
 
 
 def confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], threshold: float, path: Path) -> Path:
-    plt = _figure()
+    plt = pyplot()
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.imshow(cm, cmap="Blues")
@@ -40,7 +41,7 @@ def confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], th
 
 
 def roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> Path:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.4f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
@@ -50,7 +51,7 @@ def roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> Path:
 
 
 def pr(precision: np.ndarray, recall: np.ndarray, ap: float, base_rate: float, path: Path) -> Path:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.step(recall, precision, where="post", lw=2, label=f"AP = {ap:.4f}")
     ax.axhline(base_rate, ls="--", color="grey", lw=1, label=f"chance = {base_rate:.2f}")
@@ -60,7 +61,7 @@ def pr(precision: np.ndarray, recall: np.ndarray, ap: float, base_rate: float, p
 
 
 def history(rows: list[dict[str, Any]], best_epoch: int | None, path: Path) -> Path:
-    plt = _figure()
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, title in ((a, "loss", "Loss"), (b, "acc", "Accuracy")):

@@ -1,0 +1,53 @@
+"""Timing primitives. Every figure keeps the samples it came from, so a report can be checked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def stats(samples_ms: list[float]) -> dict[str, Any]:
+    a = np.asarray(samples_ms, float)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "runs": len(a),
+        "samples_ms": [round(float(x), 4) for x in a],
+    }
+
+
+def timed_ms(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000
+
+
+def latency(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, Any]:
+    """Batch-1 latency: `warmup` untimed calls, then `runs` timed ones."""
+    for _ in range(warmup):
+        fn()
+    return stats([timed_ms(fn) for _ in range(runs)])
+
+
+def throughput(run_batch: Callable[[int], Any], batch_sizes: tuple[int, ...], reps: int, budget_s: float) -> tuple[list[dict[str, Any]], str | None]:
+    """Images per second at each batch size: one untimed run, then `reps` timed ones.
+
+    The sweep stops at the first batch size whose untimed run fails for lack of memory or takes
+    longer than `budget_s`; the reason is returned with the rows measured before it.
+    """
+    rows: list[dict[str, Any]] = []
+    for batch in sorted(batch_sizes):
+        try:
+            first_ms = timed_ms(lambda: run_batch(batch))
+        except (MemoryError, RuntimeError) as e:  # CUDA out-of-memory is a RuntimeError
+            return rows, f"batch {batch} did not fit: {str(e).splitlines()[0][:120]}"
+        if first_ms / 1000 > budget_s:
+            return rows, f"batch {batch} took {first_ms / 1000:.1f} s, over the {budget_s:g} s budget per batch"
+        samples = [timed_ms(lambda: run_batch(batch)) for _ in range(reps)]
+        rows.append({"batch": batch, "images_per_s": batch * len(samples) / (sum(samples) / 1000), "samples_ms": [round(s, 4) for s in samples]})
+    return rows, None

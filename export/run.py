@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -141,6 +142,8 @@ def export(config: ExportConfig) -> dict[str, Any]:
     if not MIN_OPSET <= config.opset <= top:
         raise UsageError(f"--opset {config.opset} is not supported; choose {MIN_OPSET} to {top}")
     out = ensure_writable_dir(config.out or ckpt_path.parent, "output directory")
+    # the run directory's config.json is pt-train's, so the export's gets its own name
+    write_json(out / "export_config.json", dataclasses.asdict(config))
     paths, labels = _folder_samples(config.data, ckpt) if config.data else _run_samples(ckpt_path.parent, ckpt, "test")
     spec, names, threshold, pos = ckpt["preprocess"], ckpt["class_names"], float(ckpt.get("threshold", 0.5)), int(ckpt["positive_index"])
     inputs = load_inputs(paths, spec, desc="test images")

@@ -34,6 +34,7 @@ def test_round_trip(run_dir, tmp_path):
     assert report["passed"] and report["reports"][0]["label_agreement"] == 1.0
     assert report["reports"][0]["max_abs_prob_diff"] <= 1e-4
     assert report == json.loads(json.dumps(result))
+    assert json.loads((tmp_path / "export_config.json").read_text())["opset"] == 17
 
     from export.ort import cpu_session
 

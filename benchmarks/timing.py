@@ -17,7 +17,7 @@ def stats(samples_ms: list[float]) -> dict[str, Any]:
         "p99_ms": float(np.percentile(a, 99)),
         "mean_ms": float(a.mean()),
         "runs": len(a),
-        "samples_ms": [round(float(x), 4) for x in a],
+        "samples_ms": [float(x) for x in a],
     }
 
 
@@ -49,5 +49,5 @@ def throughput(run_batch: Callable[[int], Any], batch_sizes: tuple[int, ...], re
         if first_ms / 1000 > budget_s:
             return rows, f"batch {batch} took {first_ms / 1000:.1f} s, over the {budget_s:g} s budget per batch"
         samples = [timed_ms(lambda: run_batch(batch)) for _ in range(reps)]
-        rows.append({"batch": batch, "images_per_s": batch * len(samples) / (sum(samples) / 1000), "samples_ms": [round(s, 4) for s in samples]})
+        rows.append({"batch": batch, "images_per_s": batch * len(samples) / (sum(samples) / 1000), "samples_ms": samples})
     return rows, None

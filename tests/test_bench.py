@@ -39,7 +39,7 @@ def report(exported, tmp_path_factory):
     return bench(config), out
 
 
-def close(a: float, b: float, rel: float = 1e-3) -> bool:
+def close(a: float, b: float, rel: float = 1e-9) -> bool:
     return a == pytest.approx(b, rel=rel, abs=1e-6)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import latency
+
 
 class Unavailable(Exception):
     """This backend cannot run here; the message says why."""
@@ -31,16 +33,6 @@ class Backend:
     @property
     def label(self) -> str:
         return f"{self.name} {self.precision} {self.device}"
-
-
-def _median_ms(fn: Callable[[], Any], runs: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.median(times))
 
 
 def pytorch(run_dir: Path, device: str, threads: int, example: np.ndarray) -> Backend:
@@ -67,9 +59,9 @@ def pytorch(run_dir: Path, device: str, threads: int, example: np.ndarray) -> Ba
 
     # the module permutes NHWC input to NCHW, so the convolutions see channels_last strides either way;
     # what changes is the weights' layout
-    contiguous_ms = _median_ms(lambda: run(example))
+    contiguous_ms = latency(lambda: run(example), runs=5, warmup=1)["p50_ms"]
     module.to(memory_format=torch.channels_last)
-    channels_last_ms = _median_ms(lambda: run(example))
+    channels_last_ms = latency(lambda: run(example), runs=5, warmup=1)["p50_ms"]
     if channels_last_ms >= contiguous_ms:
         module.to(memory_format=torch.contiguous_format)
     options = {"channels_last": channels_last_ms < contiguous_ms, "probe_ms": {"contiguous": round(contiguous_ms, 3), "channels_last": round(channels_last_ms, 3)}, "threads": threads if device == "cpu" else None}

@@ -7,6 +7,8 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from edge.session import usable_cores
+
 PACKAGES = ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "opencv-python-headless", "opencv-python", "numpy")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -44,7 +46,7 @@ def environment(threads: int) -> dict[str, Any]:
         "cpu": name,
         "cpu_flags": flags,
         "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_usable": usable_cores(),
         "threads_used": threads,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "cuda": torch.version.cuda if cuda else None,

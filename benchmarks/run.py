@@ -6,7 +6,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from benchmarks.env import environment
 from benchmarks.pipeline import edge_fps, synthetic_clip
 from benchmarks.report import write_report
 from benchmarks.timing import latency, throughput, timed_ms
+from edge.session import usable_cores
 from train.errors import UsageError
 from train.fileio import ensure_writable_dir, write_json
 
@@ -157,7 +157,7 @@ def bench(config: BenchConfig) -> dict[str, Any]:
     runs = [_check_run(m) for m in config.models]
     if config.video and not Path(config.video).is_file():
         raise UsageError(f"video {config.video} does not exist; pass --video with a video file, or leave it out for a synthetic clip")
-    threads = config.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = config.threads or usable_cores()
     out = ensure_writable_dir(config.out or time.strftime("runs/bench/%Y%m%d-%H%M%S"))
     write_json(out / "config.json", dataclasses.asdict(config))
     started = time.time()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.timing import stats, timed_ms
+from pothole_edge.timing import stats, timed_ms
 
 
 def sgemm(threads: int, size: int = 1024, runs: int = 10) -> dict[str, Any]:
@@ -24,7 +24,13 @@ def sgemm(threads: int, size: int = 1024, runs: int = 10) -> dict[str, Any]:
         torch.mm(a, b, out=out)
     timing = stats([timed_ms(lambda: torch.mm(a, b, out=out)) for _ in range(runs)])
     flops = 2.0 * size**3
-    return {"size": size, "threads": threads, "flops_per_run": flops, "gflops": flops / (timing["p50_ms"] / 1000) / 1e9, "timing": timing}
+    return {
+        "size": size,
+        "threads": threads,
+        "flops_per_run": flops,
+        "gflops": flops / (timing["p50_ms"] / 1000) / 1e9,
+        "timing": timing,
+    }
 
 
 def model_flops(module: Any, example: Any) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from train.errors import UsageError
+from pothole_edge.errors import UsageError
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
@@ -20,10 +20,13 @@ class BenchConfig:
     warmup: int | None = None  # untimed runs first; None: 3 quick, 10 full
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     throughput_reps: int | None = None  # timed runs per batch size; None: 2 quick, 5 full
-    batch_budget_s: float | None = None  # a batch size whose one run takes longer ends the sweep; None: 1.5 quick, 10 full
+    batch_budget_s: float | None = (
+        None  # a batch size whose one run takes longer ends the sweep; None: 1.5 quick, 10 full
+    )
     sgemm_size: int = 1024  # square SGEMM for the compute-bound reference
     edge_frames: int | None = None  # frames of the clip for the edge pipeline; None: 60 quick, 240 full
     video: str | None = None  # None: a synthetic clip made in --out
+    clip_size: str = "1280x720"  # the synthetic clip's frames, a dashcam's
     edge: bool = True
 
     def resolved(self) -> BenchConfig:
@@ -52,3 +55,7 @@ class BenchConfig:
             raise UsageError(f"--batch-sizes must be positive integers, got {','.join(map(str, self.batch_sizes))}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be 1 or more, got {self.threads}")
+        if self.batch_budget_s is not None and not self.batch_budget_s > 0:
+            raise UsageError(f"--batch-budget-s must be above 0, got {self.batch_budget_s}")
+        if not 16 <= self.sgemm_size <= 8192:
+            raise UsageError(f"--sgemm-size must be from 16 to 8192, got {self.sgemm_size}")

@@ -7,27 +7,18 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from edge.session import usable_cores
+from pothole_edge.system import cpu, usable_cores
 
-PACKAGES = ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "opencv-python-headless", "opencv-python", "numpy")
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def _cpu() -> tuple[str, list[str]]:
-    name, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    present = set(value.split())
-                    flags = [flag for flag in CPU_FLAGS if flag in present]
-                    break
-    except OSError:
-        pass
-    return name, flags
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnx",
+    "opencv-python-headless",
+    "opencv-python",
+    "numpy",
+)
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -40,11 +31,11 @@ def environment(threads: int) -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             pass
-    name, flags = _cpu()
+    info = cpu()
     cuda = torch.cuda.is_available()
     return {
-        "cpu": name,
-        "cpu_flags": flags,
+        "cpu": info["name"],
+        "cpu_flags": info["flags"],
         "cores": os.cpu_count(),
         "cores_usable": usable_cores(),
         "threads_used": threads,

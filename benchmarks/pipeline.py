@@ -8,19 +8,21 @@ from typing import Any
 import numpy as np
 
 
-def synthetic_clip(path: Path, frames: int, size: int = 448, fps: float = 15.0, hold: int = 4) -> Path:
-    """A dashcam-like clip of the demo's procedural road images, each held for `hold` frames."""
+def synthetic_clip(
+    path: Path, frames: int, size: tuple[int, int] = (1280, 720), fps: float = 15.0, hold: int = 4
+) -> Path:
+    """A dashcam-sized clip of the demo's procedural road images, each held for `hold` frames."""
     import cv2
 
-    from train.demo import render
+    from pothole_edge.train.demo import render
 
     rng = np.random.default_rng(0)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     try:
         image = None
         for i in range(frames):
             if i % hold == 0:
-                photo = render(bool(rng.integers(0, 2)), rng).convert("RGB").resize((size, size))
+                photo = render(bool(rng.integers(0, 2)), rng).convert("RGB").resize(size)
                 image = cv2.cvtColor(np.asarray(photo), cv2.COLOR_RGB2BGR)
             writer.write(image)
     finally:
@@ -30,15 +32,18 @@ def synthetic_clip(path: Path, frames: int, size: int = 448, fps: float = 15.0, 
 
 def edge_fps(model_file: Path, video: Path, out: Path, max_frames: int) -> dict[str, Any]:
     """edge-run with its defaults (threads, reader thread, smoothing) on `video`, headless, no snapshots."""
-    from edge.config import EdgeConfig
-    from edge.runner import run
+    from pothole_edge.edge.config import EdgeConfig
+    from pothole_edge.edge.runner import run
 
-    summary = run(EdgeConfig(model=str(model_file), video=str(video), out=str(out), snapshots=False, max_frames=max_frames))
+    summary = run(
+        EdgeConfig(model=str(model_file), video=str(video), out=str(out), snapshots=False, max_frames=max_frames)
+    )
     return {
         "model_file": str(model_file),
         "video": str(video),
         "frames": summary["frames"]["processed"],
         "threads": summary["threads"],
+        "tiles_per_frame": summary["tiles_per_frame"],
         "provider": summary["provider"],
         "fps": summary["fps"],
         "model_only_fps": summary["model_only_fps"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from train.fileio import atomic_write, write_json, write_text
+from pothole_edge.fileio import atomic_write, write_json, write_text
 
 
 def _f(value: float | None, digits: int = 2, suffix: str = "") -> str:
@@ -22,28 +22,35 @@ def markdown(report: dict[str, Any]) -> str:
         "# pt-bench report",
         "",
         (
-            f"{report['created_at']}, {'--quick, ' if cfg['quick'] else ''}{cfg['runs']} timed batch-1 runs after {cfg['warmup']} warm-up runs; "
+            f"{report['created_at']}, {'--quick, ' if cfg['quick'] else ''}{cfg['runs']} timed batch-1 runs after "
+            f"{cfg['warmup']} warm-up runs; "
             f"throughput: {cfg['throughput_reps']} timed runs per batch size. Total {report['wall_s']:.0f} s."
         ),
         "",
         "## Environment",
         "",
-        f"- CPU: {env['cpu']} ({env['cores_usable']} of {env['cores']} cores usable; {env['threads_used']} threads used; flags: {', '.join(env['cpu_flags']) or 'none of note'})",
+        f"- CPU: {env['cpu']} ({env['cores_usable']} of {env['cores']} cores usable; {env['threads_used']} threads "
+        f"used; flags: {', '.join(env['cpu_flags']) or 'none of note'})",
         f"- GPU: {env['gpu'] or 'none'}" + (f" (CUDA {env['cuda']})" if env["cuda"] else ""),
         f"- Versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}; Python {env['python']}",
         f"- onnxruntime providers: {', '.join(env['onnxruntime_providers'])}",
-        f"- SGEMM ({gemm['size']}×{gemm['size']}, {gemm['threads']} threads, p50 of {gemm['timing']['runs']}): **{gemm['gflops']:.1f} GFLOP/s**",
+        f"- SGEMM ({gemm['size']}×{gemm['size']}, {gemm['threads']} threads, p50 of {gemm['timing']['runs']}): "
+        f"**{gemm['gflops']:.1f} GFLOP/s**",
     ]
     for model in report["models"]:
         r = model["ratios"]
         lines += [
             "",
-            f"## {model['name']} ({model['arch']}, {model['input']}, {model['flops'] / 1e9:.2f} GFLOP per image)",
+            f"## {model['name']} ({model['arch']}, {model['input']}, {model['flops'] / 1e9:.2f} GFLOP per tile)",
             "",
-            f"Compute-bound limit at batch 1: {model['compute_limit_ms']:.2f} ms (the model's FLOPs at the SGEMM rate).",
+            f"Compute-bound limit at batch 1: {model['compute_limit_ms']:.2f} ms (the model's FLOPs at the SGEMM "
+            "rate). "
+            f"A frame is {model['tiles_per_frame']} tiles (view grids "
+            f"{'+'.join(f'{c}x{r}' for c, r in model['view']['grids'])}, region {model['view']['region']}), run as one batch.",
             "",
-            "| backend | precision | device | create | first inference | p50 | p90 | p99 | mean | best throughput | latency / compute limit | accuracy | ROC-AUC |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| backend | precision | device | create | first inference | tile p50 | p90 | p99 | mean | frame p50 | "
+            "best throughput | latency / compute limit | accuracy | ROC-AUC |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         skipped = []
         for b in model["backends"]:
@@ -53,35 +60,60 @@ def markdown(report: dict[str, Any]) -> str:
             lat, acc = b["latency"], b["accuracy"] or {}
             best = max(b["throughput"], key=lambda t: t["images_per_s"]) if b["throughput"] else None
             lines.append(
-                f"| {b['backend']} | {b['precision']} | {b['device']} | {_f(b['create_s'], 2, ' s')} | {_f(b['first_inference_ms'], 1, ' ms')} "
-                f"| {_f(lat['p50_ms'])} ms | {_f(lat['p90_ms'])} ms | {_f(lat['p99_ms'])} ms | {_f(lat['mean_ms'])} ms "
+                f"| {b['backend']} | {b['precision']} | {b['device']} | {_f(b['create_s'], 2, ' s')} | "
+                f"{_f(b['first_inference_ms'], 1, ' ms')} "
+                f"| {_f(lat['p50_ms'])} ms | {_f(lat['p90_ms'])} ms | {_f(lat['p99_ms'])} ms | {_f(lat['mean_ms'])} "
+                f"ms | {_f(b['frame_latency']['p50_ms'])} ms "
                 f"| {_f(best['images_per_s'], 1) + ' img/s at batch ' + str(best['batch']) if best else '–'} "
-                f"| {_f(b.get('latency_over_compute_limit'), 2, '×')} | {_f(acc.get('accuracy'), 4)} | {_f(acc.get('roc_auc'), 4)} |"
+                f"| {_f(b.get('latency_over_compute_limit'), 2, '×')} | {_f(acc.get('accuracy'), 4)} | "
+                f"{_f(acc.get('roc_auc'), 4)} |"
             )
         lines += skipped and ["", *skipped]
         sizes = sorted({t["batch"] for b in model["backends"] if b["status"] == "ok" for t in b["throughput"]})
-        lines += ["", "Throughput (images/s) by batch size:", "", "| backend | " + " | ".join(map(str, sizes)) + " | stopped |", "|---|" + "---|" * (len(sizes) + 1)]
+        lines += [
+            "",
+            "Throughput (images/s) by batch size:",
+            "",
+            "| backend | " + " | ".join(map(str, sizes)) + " | stopped |",
+            "|---|" + "---|" * (len(sizes) + 1),
+        ]
         for b in model["backends"]:
             if b["status"] == "ok":
                 by = {t["batch"]: t["images_per_s"] for t in b["throughput"]}
-                lines.append(f"| {b['label']} | " + " | ".join(_f(by.get(s), 1) for s in sizes) + f" | {b['throughput_stopped'] or ''} |")
+                lines.append(
+                    f"| {b['label']} | "
+                    + " | ".join(_f(by.get(s), 1) for s in sizes)
+                    + f" | {b['throughput_stopped'] or ''} |"
+                )
         if model["edge"]:
-            lines += ["", "Edge pipeline (edge-run on a video, its default threads):", "", "| model | frames | threads | end-to-end fps | model-only fps | ratio |", "|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "Edge pipeline (edge-run on a video, its default threads):",
+                "",
+                "| model | frames | tiles per frame | threads | end-to-end fps | model-only fps | ratio |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for e in model["edge"]:
-                lines.append(f"| {Path(e['model_file']).name} | {e['frames']} | {e['threads']} | {_f(e['fps'], 1)} | {_f(e['model_only_fps'], 1)} | {_pct(e['ratio'])} |")
+                lines.append(
+                    f"| {Path(e['model_file']).name} | {e['frames']} | {e['tiles_per_frame']} | {e['threads']} | "
+                    f"{_f(e['fps'], 1)} | {_f(e['model_only_fps'], 1)} | {_pct(e['ratio'])} |"
+                )
         v, t, met = r["values"], r["targets"], r["met"]
         verdict = {True: "met", False: "NOT met", None: "not measured"}
         lines += [
             "",
-            f"- ONNX Runtime FP32 vs PyTorch eager, batch-1 p50: **{_f(v['ort_fp32_speedup_over_pytorch'])}×** faster (target ≥ {t['ort_fp32_speedup_over_pytorch']}×: {verdict[met['ort_fp32_speedup_over_pytorch']]})",
-            f"- INT8 vs ONNX Runtime FP32: **{_f(v['int8_speedup_over_ort_fp32'])}×** faster (target ≥ {t['int8_speedup_over_ort_fp32']}×: {verdict[met['int8_speedup_over_ort_fp32']]})",
-            f"- ONNX Runtime FP32 latency / compute-bound limit: **{_f(v['ort_fp32_latency_over_compute_limit'])}×** (target ≤ {t['ort_fp32_latency_over_compute_limit']}×: {verdict[met['ort_fp32_latency_over_compute_limit']]})",
+            f"- ONNX Runtime FP32 vs PyTorch eager, batch-1 p50: **{_f(v['ort_fp32_speedup_over_pytorch'])}×** "
+            f"faster (target ≥ {t['ort_fp32_speedup_over_pytorch']}×: {verdict[met['ort_fp32_speedup_over_pytorch']]})",
+            f"- INT8 vs ONNX Runtime FP32: **{_f(v['int8_speedup_over_ort_fp32'])}×** faster (target ≥ "
+            f"{t['int8_speedup_over_ort_fp32']}×: {verdict[met['int8_speedup_over_ort_fp32']]})",
+            f"- ONNX Runtime FP32 latency / compute-bound limit: **{_f(v['ort_fp32_latency_over_compute_limit'])}×** "
+            f"(target ≤ {t['ort_fp32_latency_over_compute_limit']}×: {verdict[met['ort_fp32_latency_over_compute_limit']]})",
         ]
     return "\n".join(lines) + "\n"
 
 
 def _plots(report: dict[str, Any], out: Path) -> None:
-    from train.plots import pyplot
+    from pothole_edge.train.plots import pyplot
 
     plt = pyplot()
     models = report["models"]
@@ -93,7 +125,12 @@ def _plots(report: dict[str, Any], out: Path) -> None:
         low = [0.0] * len(ok)
         high = [b["latency"]["p99_ms"] - b["latency"]["p50_ms"] for b in ok]
         ax.barh(labels, p50, xerr=[low, high], color="#4c72b0", capsize=3)
-        ax.axvline(model["compute_limit_ms"], color="#c44e52", linestyle="--", label=f"compute-bound limit {model['compute_limit_ms']:.1f} ms")
+        ax.axvline(
+            model["compute_limit_ms"],
+            color="#c44e52",
+            linestyle="--",
+            label=f"compute-bound limit {model['compute_limit_ms']:.1f} ms",
+        )
         for y, b in enumerate(ok):
             ax.text(b["latency"]["p99_ms"], y, f"  {b['latency']['p50_ms']:.1f}", va="center", fontsize=8)
         ax.invert_yaxis()
@@ -108,7 +145,12 @@ def _plots(report: dict[str, Any], out: Path) -> None:
     for ax, model in zip(axes[0], models):
         for b in model["backends"]:
             if b["status"] == "ok" and b["throughput"]:
-                ax.plot([t["batch"] for t in b["throughput"]], [t["images_per_s"] for t in b["throughput"]], marker="o", label=b["label"])
+                ax.plot(
+                    [t["batch"] for t in b["throughput"]],
+                    [t["images_per_s"] for t in b["throughput"]],
+                    marker="o",
+                    label=b["label"],
+                )
         ax.set_xscale("log", base=2)
         sizes = sorted({t["batch"] for b in model["backends"] if b["status"] == "ok" for t in b["throughput"]})
         ax.set_xticks(sizes, [str(s) for s in sizes])

@@ -4,35 +4,76 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
 import threading
 
-from edge.config import EdgeConfig
-from edge.session import DEVICES
-from train.errors import UsageError
+from pothole_edge.cli import setup_logging
+from pothole_edge.edge.config import EdgeConfig
+from pothole_edge.errors import DiskFull, UsageError
+from pothole_edge.session import DEVICES, PRECISIONS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line `error:` form every pothole-edge command uses."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-run", description="Classify dashcam frames with an exported pothole model and record pothole events.")
-    p.add_argument("--model", required=True, help="model.onnx (or model.int8.onnx / model.fp16.onnx) written by pt-export")
+    p = Parser(
+        prog="edge-run", description="Classify dashcam frames with an exported pothole model and record pothole events."
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model.onnx (or model.int8.onnx / model.fp16.onnx) written by pt-export, or its run directory",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="N", help="camera index, as OpenCV numbers them")
     src.add_argument("--video", metavar="PATH", help="a video file; every frame is processed")
     src.add_argument("--stream", metavar="URL", help="rtsp://, http(s):// or tcp:// stream")
     src.add_argument("--images", metavar="DIR|GLOB", help="a folder or glob of images")
     p.add_argument("--out", help="output directory (default: runs/edge/<date-time>)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="execution provider; auto tries TensorRT, CUDA, then CPU (default: auto)")
-    p.add_argument("--allow-cpu-fallback", action="store_true", help="run on the CPU when the --device asked for is unusable")
-    p.add_argument("--threads", type=int, help="inference threads (default: every core but one)")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="execution provider; auto tries TensorRT, CUDA, then CPU (default: auto)",
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="TensorRT build precision (default: fp32)")
+    p.add_argument(
+        "--allow-cpu-fallback", action="store_true", help="run on the CPU when the --device asked for is unusable"
+    )
+    p.add_argument(
+        "--threads", type=int, help="inference threads, at most the usable cores (default: every core but one)"
+    )
     p.add_argument("--threshold", type=float, help="pothole threshold (default: the model's)")
+    p.add_argument(
+        "--roi",
+        metavar="X0,Y0,X1,Y1",
+        help=(
+            "the part of the frame to look at, as fractions, for a camera mounted differently (default: the model's "
+            "view)"
+        ),
+    )
     p.add_argument("--ema", type=float, default=0.3, help="smoothing: weight of the newest frame (default: 0.3)")
-    p.add_argument("--hysteresis", type=float, default=0.3, help="an event ends below threshold*(1-hysteresis) (default: 0.3)")
+    p.add_argument(
+        "--hysteresis", type=float, default=0.3, help="an event ends below threshold*(1-hysteresis) (default: 0.3)"
+    )
     p.add_argument("--stride", type=int, default=1, help="files: process every Nth frame (default: 1)")
-    p.add_argument("--reconnect-timeout", type=float, default=30.0, help="live sources: longest outage, in seconds, before giving up (default: 30)")
-    p.add_argument("--max-frames", type=int, help="stop after this many processed frames")
+    p.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=30.0,
+        help="live sources: longest outage, in seconds, before giving up (default: 30)",
+    )
+    p.add_argument(
+        "--max-frames", type=int, default=0, help="stop after this many processed frames (default: 0, no limit)"
+    )
     p.add_argument("--no-snapshots", dest="snapshots", action="store_false", help="do not write a JPEG per event")
     p.add_argument("--save-video", action="store_true", help="write annotated.mp4")
     p.add_argument("--show", action="store_true", help="open a window when a display exists")
@@ -45,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     # outage once, in words. Set these variables to see theirs.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("edge").setLevel(logging.INFO)
+    setup_logging()
     stop = threading.Event()
     signals: list[int] = []
 
@@ -58,13 +98,16 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    from edge.runner import run
+    from pothole_edge.edge.runner import run
 
     try:
         result = run(EdgeConfig(**args), stop)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except DiskFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted twice; outputs so far are kept", file=sys.stderr)
         sys.exit(130)
@@ -76,30 +119,56 @@ def main(argv: list[str] | None = None) -> None:
 
 def clip_main(argv: list[str] | None = None) -> None:
     """edge-clip render|score: make a labelled test clip from photos, and score edge-run on it."""
-    p = argparse.ArgumentParser(prog="edge-clip", description="Make a dashcam-like clip from labelled photos, or score an edge-run on one.")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("render", help="photos in class sub-folders (or a pt-train split.csv) -> clip.mp4 + clip.mp4.labels.csv")
-    r.add_argument("--images", required=True, metavar="DIR", help="folder with one sub-folder per class, or the root a --manifest's paths are relative to")
+    p = Parser(
+        prog="edge-clip", description="Make a dashcam-like clip from labelled photos, or score an edge-run on one."
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    r = sub.add_parser(
+        "render",
+        help="photos in class sub-folders (or a pt-train split.csv) -> clip.mp4 + clip.mp4.labels.csv",
+        description=(
+            "Turn labelled photos into a dashcam-like clip: each photo is held for a few frames with a slow "
+            "zoom, and every frame's label goes to CLIP.labels.csv."
+        ),
+    )
+    r.add_argument(
+        "--images",
+        metavar="DIR",
+        help=(
+            "folder with one sub-folder per class; with --manifest, the root its paths are relative to (default: "
+            "the roots in the data.json beside it)"
+        ),
+    )
     r.add_argument("--manifest", help="a pt-train split.csv, to take one subset of its photos")
     r.add_argument("--subset", help="with --manifest: train, val or test")
+    r.add_argument(
+        "--source", help="with --manifest: only the photos of the data root of this folder name, e.g. dashcam"
+    )
+    r.add_argument("--label", help="only the photos of this class, e.g. normal for a clip with no pothole")
     r.add_argument("--out", required=True, help="the clip, an .mp4 path")
-    r.add_argument("--frames-per-photo", type=int, default=8)
-    r.add_argument("--size", type=int, default=448, help="frame side in pixels (default: 448)")
-    r.add_argument("--fps", type=float, default=15.0)
-    r.add_argument("--seed", type=int, default=0, help="photo order")
+    r.add_argument(
+        "--frames-per-photo", type=int, default=8, help="frames each photo is held for, zooming in slowly (default: 8)"
+    )
+    r.add_argument(
+        "--size", default="448", help="frame size: a side (a square) or WIDTHxHEIGHT, e.g. 1280x720 (default: 448)"
+    )
+    r.add_argument("--fps", type=float, default=15.0, help="frames per second of the clip (default: 15)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the photo order (default: 0)")
     s = sub.add_parser("score", help="agreement of an edge-run's frame labels with the clip's labels")
-    s.add_argument("run_dir")
-    s.add_argument("labels", help="the clip's .labels.csv")
+    s.add_argument("run_dir", help="the edge-run output directory (its predictions.jsonl)")
+    s.add_argument("labels", help="the clip's .labels.csv, written by edge-clip render")
     args = p.parse_args(argv)
-    from edge import clip
+    from pothole_edge.edge import clip
 
     try:
         if args.command == "render":
-            photos = clip.labelled_photos(args.images, args.manifest, args.subset)
-            path = clip.render(photos, args.out, args.frames_per_photo, args.size, args.fps, seed=args.seed)
+            photos = clip.labelled_photos(args.images, args.manifest, args.subset, args.source, args.label)
+            path = clip.render(
+                photos, args.out, args.frames_per_photo, clip.parse_size(args.size), args.fps, seed=args.seed
+            )
             print(f"wrote {path} and {clip.labels_path(path)} from {len(photos)} photos")
         else:
             print(json.dumps(clip.score(args.run_dir, args.labels), indent=2))
-    except (UsageError, FileNotFoundError) as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,31 +1,36 @@
-"""The edge runner's config: one frozen dataclass, saved beside the run's outputs."""
+"""The edge runner's config: one frozen dataclass, checked before anything is written, saved beside the outputs."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from train.errors import UsageError
+from pothole_edge.errors import UsageError
+from pothole_edge.session import DEVICES, PRECISIONS
+from pothole_edge.spec import check_region
 
 SOURCES = ("camera", "video", "stream", "images")
 
 
 @dataclass(frozen=True)
 class EdgeConfig:
-    model: str
+    model: str  # a model.onnx (or variant) written by pt-export, or the run directory holding it
     camera: int | None = None
     video: str | None = None
     stream: str | None = None
     images: str | None = None  # a folder or a glob
     out: str | None = None  # None: runs/edge/<date-time>
     device: str = "auto"  # auto, tensorrt, cuda or cpu
+    precision: str = "fp32"  # TensorRT's build precision: fp32 or fp16
     allow_cpu_fallback: bool = False
     threads: int | None = None  # None: every core but one
     threshold: float | None = None  # None: the model metadata's threshold
+    roi: str | None = None  # x0,y0,x1,y1 fractions; None: the model's view region
     ema: float = 0.3  # weight of the newest frame in the smoothed probability
     hysteresis: float = 0.3  # an event ends below threshold * (1 - hysteresis)
     stride: int = 1  # files: process every Nth frame
     reconnect_timeout: float = 30.0  # live sources: longest outage before the run ends
-    max_frames: int | None = None  # stop after this many processed frames
+    max_frames: int = 0  # stop after this many processed frames; 0: no limit
     snapshots: bool = True
     save_video: bool = False
     show: bool = False
@@ -34,18 +39,38 @@ class EdgeConfig:
         given = [(name, getattr(self, name)) for name in SOURCES if getattr(self, name) is not None]
         if len(given) != 1:
             named = ", ".join("--" + name for name, _ in given) or "none"
-            raise UsageError(f"give exactly one source, --camera N, --video PATH, --stream URL or --images DIR|GLOB (got {named})")
+            raise UsageError(
+                f"give exactly one source, --camera N, --video PATH, --stream URL or --images DIR|GLOB (got {named})"
+            )
         return given[0]
+
+    def region(self) -> tuple[float, float, float, float] | None:
+        if self.roi is None:
+            return None
+        try:
+            values = [float(v) for v in self.roi.split(",")]
+        except ValueError:
+            values = []
+        return check_region(values)
 
     def check(self) -> None:
         self.source()
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown --precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.stride < 1:
             raise UsageError(f"--stride must be 1 or more, got {self.stride}")
-        if not 0 < self.ema <= 1:
+        if self.max_frames < 0:
+            raise UsageError(f"--max-frames must be 0 (no limit) or more, got {self.max_frames}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be 1 or more, got {self.threads}")
+        if not (math.isfinite(self.ema) and 0 < self.ema <= 1):
             raise UsageError(f"--ema must be in (0, 1], got {self.ema}")
-        if not 0 <= self.hysteresis < 1:
+        if not (math.isfinite(self.hysteresis) and 0 <= self.hysteresis < 1):
             raise UsageError(f"--hysteresis must be in [0, 1), got {self.hysteresis}")
-        if self.threshold is not None and not 0 < self.threshold < 1:
+        if self.threshold is not None and not (math.isfinite(self.threshold) and 0 < self.threshold < 1):
             raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if self.reconnect_timeout < 0:
+        if not (math.isfinite(self.reconnect_timeout) and self.reconnect_timeout >= 0):
             raise UsageError(f"--reconnect-timeout must be 0 or more seconds, got {self.reconnect_timeout}")
+        self.region()

@@ -23,6 +23,7 @@ class Event:
     peak_time: float | None
     frames: int  # processed frames inside the event
     open_at_end: bool = False
+    peak_tile: list[float] | None = None  # x0, y0, x1, y1 of the tile that decided the peak frame
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

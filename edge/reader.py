@@ -1,8 +1,10 @@
-"""A background thread that reads and preprocesses frames while the model runs.
+"""Background threads that read frames and cut their tiles while the model runs.
 
-Files go through a short blocking queue, so no frame is lost. Live sources go through a
-one-frame slot that the newest frame overwrites, so lag cannot grow when the model is slower
-than the camera; each overwritten frame counts as dropped.
+Files: one thread reads and preprocesses every frame into a short blocking queue, so no frame is
+lost. Live sources: the reading thread keeps only the newest frame in a one-frame slot (each
+overwritten frame counts as dropped, so lag cannot grow when the model is slower than the camera),
+and a second thread preprocesses only the frames taken from that slot: a frame that will be dropped
+is never cut into tiles.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.sources import Frame
+from pothole_edge.edge.sources import Frame
 
 log = logging.getLogger("edge")
 _END = None
@@ -58,9 +60,10 @@ class Newest:
 
 
 class _Blocking:
+    """A short queue whose put gives up when the run is stopped."""
+
     def __init__(self, depth: int) -> None:
         self._q: queue.Queue = queue.Queue(maxsize=depth)
-        self.dropped = 0
 
     def put(self, item: Any, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -70,50 +73,80 @@ class _Blocking:
             except queue.Full:
                 continue
 
-    def close(self, stop: threading.Event) -> None:
-        self.put(_END, stop)
-
     def get(self, timeout: float) -> Any:
         return self._q.get(timeout=timeout)
 
 
-class Reader:
-    """Runs `source.frames()` on a thread and hands out (Frame, model input, preprocess ms)."""
+Item = tuple[Frame, np.ndarray, np.ndarray, float]  # frame, tiles, tile boxes, preprocess ms
 
-    def __init__(self, source: Any, preprocess: Callable[[np.ndarray], np.ndarray], stop: threading.Event, depth: int = 4) -> None:
+
+class Reader:
+    """Runs `source.frames()` on a thread and hands out (Frame, tiles, boxes, preprocess ms)."""
+
+    def __init__(
+        self,
+        source: Any,
+        preprocess: Callable[[Frame], tuple[np.ndarray, np.ndarray]],
+        stop: threading.Event,
+        depth: int = 4,
+    ) -> None:
         self.source, self.preprocess, self.stop = source, preprocess, stop
-        self.slot: Any = Newest() if source.live else _Blocking(depth)
+        self.live = bool(source.live)
+        self.slot = Newest() if self.live else None
+        self.out = _Blocking(1 if self.live else depth)
         self.read = 0
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="frame-reader", daemon=True)
+        self._threads = [threading.Thread(target=self._read, name="frame-reader", daemon=True)]
+        if self.live:
+            self._threads.append(threading.Thread(target=self._cut_newest, name="frame-preprocess", daemon=True))
 
     def start(self) -> Reader:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
-    def _run(self) -> None:
+    def _item(self, frame: Frame) -> Item:
+        t = time.perf_counter()
+        tiles, boxes = self.preprocess(frame)
+        return frame, tiles, boxes, (time.perf_counter() - t) * 1000
+
+    def _read(self) -> None:
         try:
             for frame in self.source.frames(self.stop):
                 self.read += 1
-                t = time.perf_counter()
-                item = (frame, self.preprocess(frame.image), (time.perf_counter() - t) * 1000)
-                if isinstance(self.slot, Newest):
-                    self.slot.put(item)
+                if self.slot is not None:
+                    self.slot.put(frame)
                 else:
-                    self.slot.put(item, self.stop)
+                    self.out.put(self._item(frame), self.stop)
         except BaseException as e:  # surfaced in the main thread by next()
             self.error = e
         finally:
-            if isinstance(self.slot, Newest):
+            if self.slot is not None:
                 self.slot.close()
             else:
-                self.slot.close(self.stop)
+                self.out.put(_END, self.stop)
 
-    def next(self) -> tuple[Frame, np.ndarray, float] | None:
+    def _cut_newest(self) -> None:
+        assert self.slot is not None
+        try:
+            while not self.stop.is_set():
+                try:
+                    frame = self.slot.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if frame is _END:
+                    break
+                self.out.put(self._item(frame), self.stop)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.out.put(_END, self.stop)
+
+    def next(self) -> Item | None:
         """The next item, or None at the end of the source or when stopped."""
         while not self.stop.is_set():
             try:
-                item = self.slot.get(timeout=0.2)
+                item = self.out.get(timeout=0.2)
             except queue.Empty:
                 continue
             if item is _END:
@@ -125,9 +158,10 @@ class Reader:
 
     @property
     def dropped(self) -> int:
-        return self.slot.dropped
+        return self.slot.dropped if self.slot is not None else 0
 
     def join(self, timeout: float = 10.0) -> None:
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("the frame reader did not stop within %g s", timeout)
+        for t in self._threads:
+            t.join(timeout)
+            if t.is_alive():
+                log.warning("the %s thread did not stop within %g s", t.name, timeout)

@@ -7,21 +7,29 @@ once more at shutdown.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import shutil
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import cv2
 import numpy as np
 
-from train.errors import UsageError
-from train.fileio import atomic_write, ensure_writable_dir, write_json
+from pothole_edge.errors import DiskFull, UsageError, is_disk_full
+from pothole_edge.edge.video import draw_tile
+from pothole_edge.fileio import ensure_writable_dir, first_missing, write_bytes, write_json
+from pothole_edge.timing import stats
 
 STAGES = ("read", "preprocess", "infer", "post")
-RUN_FILES = ("predictions.jsonl", "events.jsonl", "summary.json")
+log = logging.getLogger("edge")
+RUN_FILES = ("predictions.jsonl", "events.jsonl", "summary.json", "config.json", "annotated.mp4", "snapshots")
+CLAIM = ".edge-run"  # created with O_EXCL: the atomic part of claiming --out
 
 
 class StageTimes:
@@ -39,67 +47,139 @@ class StageTimes:
             if not values:
                 out[stage] = None
                 continue
-            a = np.fromiter(values, float)
-            out[stage] = {"p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3), "mean_ms": round(float(a.mean()), 3), "n": len(a)}
+            s = stats(np.fromiter(values, float), keep_samples=False)
+            out[stage] = {
+                "p50_ms": round(s["p50_ms"], 3),
+                "p95_ms": round(s["p95_ms"], 3),
+                "mean_ms": round(s["mean_ms"], 3),
+                "n": s["runs"],
+            }
         return out
 
 
-def claim_out(out: str | os.PathLike) -> Path:
-    """A writable output directory that holds no earlier run, or UsageError."""
+@dataclass
+class Claim:
+    """An output directory this run owns: claimed with an exclusive marker file, so two runs never share one."""
+
+    path: Path
+    created: Path | None  # the outermost folder this claim made, removed again if the run never starts
+
+    def release(self) -> None:
+        """Undo the claim of a run that never started: nothing is left that a rerun would trip over."""
+        (self.path / CLAIM).unlink(missing_ok=True)
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+
+
+def claim_out(out: str | os.PathLike) -> Claim:
+    """A writable output directory that holds no earlier run, claimed atomically, or UsageError."""
+    created = first_missing(out)
     path = ensure_writable_dir(out)
     taken = [name for name in RUN_FILES if (path / name).exists()]
-    if taken:
-        # appending would mix two runs and replacing would lose one
-        raise UsageError(f"{path} already holds a run ({', '.join(taken)}); pass a new --out")
-    return path
+    if not taken:
+        try:
+            fd = os.open(path / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            taken = [CLAIM]
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+            return Claim(path, created)
+    # appending would mix two runs and replacing would lose one
+    raise UsageError(f"{path} already holds a run ({', '.join(taken)}); pass a new --out")
 
 
 class Recorder:
-    def __init__(self, out: str | os.PathLike, snapshots: bool = True, sync_every_s: float = 1.0) -> None:
-        self.out = claim_out(out)
+    """The run's files. Each JSONL line goes out in one write and is cut back off if the disk takes only part
+    of it, so a full disk never leaves a torn line; snapshots are the first thing a full disk stops."""
+
+    def __init__(self, claim: Claim, snapshots: bool = True, sync_every_s: float = 1.0) -> None:
+        self.out = claim.path
         self.snapshots = self.out / "snapshots" if snapshots else None
         if self.snapshots:
             self.snapshots.mkdir(exist_ok=True)
-        self._predictions = self._open("predictions.jsonl")
-        self._events = self._open("events.jsonl")
+        self._files = {name: self._open(name) for name in ("predictions.jsonl", "events.jsonl")}
+        self._sizes = {name: 0 for name in self._files}
         self._sync_every, self._last_sync = sync_every_s, time.monotonic()
+        self.dropped_snapshots = 0
+        self.disk_full: str | None = None
 
-    def _open(self, name: str) -> TextIO:
-        return open(self.out / name, "a", encoding="utf-8", buffering=1)
+    def _open(self, name: str) -> int:
+        return os.open(self.out / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
 
     def prediction(self, row: dict[str, Any]) -> None:
-        self._write(self._predictions, row)
+        self._write("predictions.jsonl", row)
 
     def event(self, row: dict[str, Any]) -> None:
-        self._write(self._events, row)
+        self._write("events.jsonl", row)
         self.sync()
 
-    def snapshot(self, event_id: int, image: np.ndarray) -> str | None:
-        """The event's best frame so far as a JPEG; replaced atomically as the peak rises."""
+    def stop_optional(self, why: str) -> None:
+        """No more snapshots: the space left goes to the lines that record what the camera saw."""
+        if self.snapshots is not None:
+            log.warning("%s: snapshots stop; predictions and events go on", why)
+            self.snapshots = None
+
+    def snapshot(
+        self, event_id: int, image_bgr: np.ndarray, box: tuple[float, ...] | None = None, prob: float | None = None
+    ) -> str | None:
+        """The event's best frame so far as a JPEG, the tile that decided it drawn in; replaced atomically as the
+        peak rises."""
         if self.snapshots is None:
+            self.dropped_snapshots += 1
             return None
         path = self.snapshots / f"event_{event_id:05d}.jpg"
+        image = draw_tile(image_bgr.copy(), box, prob) if box is not None else image_bgr
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if ok:
-            atomic_write(path, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
+        if not ok:
+            return None
+        try:
+            write_bytes(path, data.tobytes())
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self.dropped_snapshots += 1
+            self.stop_optional("the disk is full")
+            return None
         return str(path.relative_to(self.out))
 
-    def _write(self, f: TextIO, row: dict[str, Any]) -> None:
-        f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    def _write(self, name: str, row: dict[str, Any]) -> None:
+        fd, data = self._files[name], (json.dumps(row, separators=(",", ":")) + "\n").encode("utf-8")
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write", str(self.out / name))
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            os.ftruncate(fd, self._sizes[name])  # the torn tail goes; every line left is whole
+            self.disk_full = f"no space left on the device writing {self.out / name}"
+            raise DiskFull(self.disk_full) from None
+        self._sizes[name] += len(data)
         if time.monotonic() - self._last_sync >= self._sync_every:
             self.sync()
 
     def sync(self) -> None:
-        for f in (self._predictions, self._events):
-            f.flush()
-            os.fsync(f.fileno())
+        for fd in self._files.values():
+            os.fsync(fd)
         self._last_sync = time.monotonic()
 
-    def summary(self, value: dict[str, Any]) -> None:
-        write_json(self.out / "summary.json", value)
+    def summary(self, value: dict[str, Any]) -> bool:
+        """Replace summary.json atomically; on a full disk the last good one stays and False comes back."""
+        try:
+            write_json(self.out / "summary.json", value)
+            return True
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self.disk_full = self.disk_full or f"no space left on the device writing {self.out / 'summary.json'}"
+            return False
 
     def close(self) -> None:
-        if not self._predictions.closed:
-            self.sync()
-        self._predictions.close()
-        self._events.close()
+        for fd in self._files.values():
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            os.close(fd)
+        self._files = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -11,27 +12,30 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import EdgeConfig
-from edge.decide import EventDetector
-from edge.preprocess import to_input
-from edge.reader import Reader
-from edge.record import Recorder, StageTimes, claim_out
-from edge.session import EdgeModel, default_threads, open_model
-from edge.sources import open_source
-from edge.video import Annotator
-from train.fileio import write_json
+from pothole_edge import preprocess
+from pothole_edge import view as views
+from pothole_edge.edge.config import EdgeConfig
+from pothole_edge.edge.decide import EventDetector
+from pothole_edge.edge.reader import Reader
+from pothole_edge.edge.record import Recorder, StageTimes, claim_out
+from pothole_edge.edge.sources import Frame, open_source
+from pothole_edge.edge.video import Annotator
+from pothole_edge.errors import DiskFull
+from pothole_edge.fileio import next_free, write_json
+from pothole_edge.session import Runner, open_session
+from pothole_edge.system import default_threads, usable_cores
+from pothole_edge.timing import latency
 
 log = logging.getLogger("edge")
 SUMMARY_EVERY_S = 5.0
+MIN_FREE_BYTES = 32 << 20  # below this, snapshots and the annotated video stop before the lines do
 
 
-def model_only_fps(model: EdgeModel, example: np.ndarray, seconds: float = 2.0, min_runs: int = 30) -> float:
-    """Batch-1 throughput of the session alone, on a frame from this run."""
-    runs, start = 0, time.perf_counter()
-    while runs < min_runs or time.perf_counter() - start < seconds:
-        model.infer(example)
-        runs += 1
-    return runs / (time.perf_counter() - start)
+def model_only_fps(runner: Runner, example: np.ndarray, seconds: float = 2.0, min_runs: int = 30) -> float:
+    """Frames per second of the session alone, on a frame's tiles from this run."""
+    per = latency(lambda: runner.probs(example), min_runs, 3)
+    runs = max(min_runs, int(seconds * 1000 / max(per["mean_ms"], 1e-3)))
+    return 1000.0 / latency(lambda: runner.probs(example), runs, 0)["mean_ms"]
 
 
 class _Progress:
@@ -54,6 +58,21 @@ class _Progress:
             log.info("%s", line)
 
 
+def _free_bytes(path: Any) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 1 << 62
+
+
+def _threads(config: EdgeConfig) -> int:
+    cores = usable_cores()
+    if config.threads and config.threads > cores:
+        log.warning("--threads %d is more than the %d usable cores; using %d", config.threads, cores, cores)
+        return cores
+    return config.threads or default_threads()
+
+
 def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, Any]:
     """Classify every frame of the config's source until it ends, `max_frames`, or `stop` is set.
 
@@ -62,55 +81,104 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
     config.check()
     stop = stop or threading.Event()
     kind, value = config.source()
-    model = open_model(config.model, config.device, config.allow_cpu_fallback, config.threads)
+    threads = _threads(config)
+    session = open_session(
+        config.model, config.device, config.precision, threads, config.allow_cpu_fallback, max_batch=64
+    )
+    if str(session.path) != str(config.model):
+        log.info("model: %s", session.path)
+    runner = Runner(session)
+    meta = session.meta
+    spec = meta | {"view": meta["view"] | ({"region": list(config.region())} if config.roi else {})}
+    tiles_per_frame = views.tile_count(spec["view"])
     # the output is checked before a camera is waited for, and written only once the source is open
-    out = claim_out(config.out or time.strftime("runs/edge/%Y%m%d-%H%M%S"))
-    source = open_source(kind, value, config.stride, config.reconnect_timeout)
+    claim = claim_out(config.out or next_free(time.strftime("runs/edge/%Y%m%d-%H%M%S")))
     try:
-        recorder = Recorder(out, snapshots=config.snapshots)
+        source = open_source(kind, value, config.stride, config.reconnect_timeout)
+    except BaseException:
+        claim.release()
+        raise
+    try:
+        recorder = Recorder(claim, snapshots=config.snapshots)
     except BaseException:
         source.close()
+        claim.release()
         raise
+    config = dataclasses.replace(
+        config, threads=threads, out=str(recorder.out), roi=",".join(f"{v:g}" for v in spec["view"]["region"])
+    )
     write_json(recorder.out / "config.json", dataclasses.asdict(config))
     import onnxruntime as ort
 
-    log.info("provider: %s (asked for %s; this onnxruntime has %s)", model.provider, config.device, ", ".join(ort.get_available_providers()))
-    log.info("source: %s -> %s", source.describe, recorder.out)
-    meta, names = model.meta, model.meta["class_names"]
+    log.info(
+        "provider: %s (asked for %s; this onnxruntime has %s)",
+        session.provider,
+        config.device,
+        ", ".join(ort.get_available_providers()),
+    )
+    if session.node_counts:
+        log.info("nodes per provider: %s", ", ".join(f"{k} {v}" for k, v in session.node_counts.items()))
+    log.info("source: %s -> %s (%d tiles per frame)", source.describe, recorder.out, tiles_per_frame)
+    names = meta["class_names"]
+    pos = int(meta["positive_index"])
     threshold = config.threshold if config.threshold is not None else float(meta["threshold"])
     temporal = kind != "images"
     detector = EventDetector(threshold, config.ema, config.hysteresis) if temporal else None
-    annotator = Annotator(recorder.out / "annotated.mp4" if config.save_video else None, config.show, source.fps, threshold)
+    annotator = Annotator(
+        recorder.out / "annotated.mp4" if config.save_video else None, config.show, source.fps, threshold
+    )
     times = StageTimes()
-    model.warmup()
-    reader = Reader(source, lambda image: to_input(image, meta["preprocess"]), stop)
+    runner.warmup(tiles_per_frame)
+
+    def cut(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        tiles, boxes = preprocess.tiles(frame.image, spec)
+        if frame.order == "BGR":
+            tiles = np.ascontiguousarray(tiles[..., ::-1])  # cheaper on the tiles than on the whole frame
+        return tiles, boxes
+
+    reader = Reader(source, cut, stop)
     state: dict[str, Any] = {"status": "running", "processed": 0, "events": 0, "started": time.time()}
     progress = _Progress(getattr(source, "expected", None) or len(getattr(source, "paths", [])) or None)
     first = last = time.perf_counter()
-    example, last_summary = None, time.monotonic()
+    example, last_summary, last_space_check = None, time.monotonic(), 0.0
+    label_of = {True: names[pos], False: names[1 - pos]}
 
     def summary() -> dict[str, Any]:
         elapsed = last - first
         fps = state["processed"] / elapsed if elapsed > 0 else 0.0
+        processed = state["processed"]
         return {
-            "schema_version": 1,
+            "schema_version": 2,
             "status": state["status"],
-            "source": {"kind": kind, "value": value, "description": source.describe},
-            "model": str(config.model),
-            "provider": model.provider,
+            "source": {
+                "kind": kind,
+                "value": value,
+                "description": source.describe,
+                "ended_early": getattr(source, "ended_early", None),
+            },
+            "model": str(session.path),
+            "provider": session.provider,
+            "providers": session.providers,
             "providers_available": ort.get_available_providers(),
-            "threads": config.threads or default_threads(),
+            "nodes_per_provider": session.node_counts,
+            "precision": config.precision,
+            "trt_cache": session.options.get("trt_cache"),
+            "threads": threads,
             "threshold": threshold,
+            "view": spec["view"],
+            "tiles_per_frame": tiles_per_frame,
             "smoothing": {"ema": config.ema, "hysteresis": config.hysteresis} if temporal else None,
+            "snapshots_dropped": recorder.dropped_snapshots,
             "frames": {
                 "read": reader.read,
-                "processed": state["processed"],
+                "processed": processed,
                 "dropped": reader.dropped,
                 "unreadable": len(getattr(source, "unreadable", [])),
             },
             "reconnects": len(getattr(source, "gaps", [])),
             "gaps": getattr(source, "gaps", []),
             "events": state["events"] if temporal else None,
+            "events_per_1000_frames": round(1000 * state["events"] / processed, 3) if temporal and processed else None,
             "fps": round(fps, 3),
             "model_only_fps": state.get("model_only_fps"),
             "fps_ratio": round(fps / state["model_only_fps"], 4) if state.get("model_only_fps") else None,
@@ -127,37 +195,57 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
             item = reader.next()
             if item is None:
                 break
-            frame, x, pre_ms = item
+            frame, tiles, boxes, pre_ms = item
             t = time.perf_counter()
-            prob = float(model.infer(x[None])[0])
+            tile_probs = runner.probs(tiles)
             t_post = time.perf_counter()
-            row: dict[str, Any] = {"frame": frame.index, "time": _round(frame.timestamp), "prob": round(prob, 6), "label": names[model.positive_index] if prob >= threshold else _other(names, model.positive_index)}
+            prob, hot = views.pool(tile_probs, spec["view"])
+            box = boxes[hot]
+            row: dict[str, Any] = {
+                "frame": frame.index,
+                "time": _round(frame.timestamp),
+                "prob": round(prob, 6),
+                "label": label_of[prob >= threshold],
+                "tile": [round(float(v), 1) for v in box],
+            }
             if frame.name is not None:
                 row["file"] = frame.name
             active = prob >= threshold
             if detector is not None:
                 step = detector.update(frame.index, frame.timestamp, prob)
                 active = step.active
-                row |= {"smoothed": round(step.smoothed, 6), "state": names[model.positive_index] if step.active else _other(names, model.positive_index)}
+                row |= {"smoothed": round(step.smoothed, 6), "state": label_of[step.active]}
                 if step.closed:
                     recorder.event({"status": "closed", **step.closed.to_dict()})
-                    log.info("event %d: frames %d-%d, peak %.3f", step.closed.id, step.closed.start_frame, step.closed.end_frame, step.closed.peak_prob)
+                    log.info(
+                        "event %d: frames %d-%d, peak %.3f",
+                        step.closed.id,
+                        step.closed.start_frame,
+                        step.closed.end_frame,
+                        step.closed.peak_prob,
+                    )
                 if step.opened:
                     state["events"] += 1
                     recorder.event({"status": "open", **step.opened.to_dict()})
                 if step.new_peak and detector.current is not None:
-                    recorder.snapshot(detector.current.id, frame.image)
+                    detector.current.peak_tile = row["tile"]
+                    recorder.snapshot(detector.current.id, frame.bgr(), box, prob)
                 row["event"] = detector.current.id if detector.current is not None else None
             recorder.prediction(row)
-            if not annotator.write(frame.image, prob, active):
+            if annotator.active and not annotator.write(frame.bgr(), prob, active, box):
                 stop.set()  # the user closed the --show window
+            if time.monotonic() - last_space_check >= 1.0:
+                last_space_check = time.monotonic()
+                if _free_bytes(recorder.out) < MIN_FREE_BYTES:
+                    recorder.stop_optional(f"less than {MIN_FREE_BYTES >> 20} MB free on the output disk")
+                    annotator.stop_file()
             last = time.perf_counter()
             times.add("read", frame.read_ms)
             times.add("preprocess", pre_ms)
             times.add("infer", (t_post - t) * 1000)
             times.add("post", (last - t_post) * 1000)
             state["processed"] += 1
-            example = x[None]
+            example = tiles
             progress.update(state["processed"], state["processed"] / max(last - first, 1e-9), state["events"])
             if config.max_frames and state["processed"] >= config.max_frames:
                 break
@@ -166,6 +254,8 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
                 last_summary = time.monotonic()
         lost = getattr(source, "lost", None)
         state["status"] = "stopped" if stop.is_set() else "source lost" if lost else "finished"
+    except DiskFull:
+        state["status"] = "disk full"
     finally:
         interrupted = stop.is_set()
         stop.set()
@@ -176,22 +266,37 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
             state["status"] = "stopped" if interrupted else "failed"
         if detector is not None:
             tail = detector.finish()
-            if tail is not None:
-                recorder.event({"status": "closed", **tail.to_dict()})
-                log.info("event %d: frames %d-%d, peak %.3f (open when the run ended)", tail.id, tail.start_frame, tail.end_frame, tail.peak_prob)
+            if tail is not None and recorder.disk_full is None:
+                try:
+                    recorder.event({"status": "closed", **tail.to_dict()})
+                except DiskFull:
+                    state["status"] = "disk full"
+                log.info(
+                    "event %d: frames %d-%d, peak %.3f (open when the run ended)",
+                    tail.id,
+                    tail.start_frame,
+                    tail.end_frame,
+                    tail.peak_prob,
+                )
         if example is not None and state["status"] == "finished":
-            state["model_only_fps"] = round(model_only_fps(model, example), 3)
+            state["model_only_fps"] = round(model_only_fps(runner, example), 3)
         result = summary()
-        recorder.summary(result)
+        if recorder.disk_full:
+            result["status"], result["disk_full"] = "disk full", recorder.disk_full
+        recorder.summary(result)  # on a full disk the last good summary.json stays
         recorder.close()
         progress.update(state["processed"], result["fps"], state["events"], force=True)
+    if recorder.disk_full:
+        raise DiskFull(f"{recorder.disk_full}; every line written so far is whole; free some space and run again")
     if result["fps_ratio"] is not None:
-        log.info("%d frames at %.1f fps end to end; the model alone runs %.1f fps (%.0f%%)", state["processed"], result["fps"], result["model_only_fps"], 100 * result["fps_ratio"])
+        log.info(
+            "%d frames at %.1f fps end to end; the model alone runs %.1f fps (%.0f%%)",
+            state["processed"],
+            result["fps"],
+            result["model_only_fps"],
+            100 * result["fps_ratio"],
+        )
     return result
-
-
-def _other(names: list[str], positive: int) -> str:
-    return names[1 - positive] if len(names) == 2 else "not " + names[positive]
 
 
 def _round(t: float | None) -> float | None:

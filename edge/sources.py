@@ -1,7 +1,9 @@
 """Where frames come from: a camera, a video file, a network stream or an image folder.
 
 Each source opens synchronously, so a bad path or a dead camera is an error before the run
-starts. Reading then happens on a background thread (see `edge.reader`).
+starts. Reading then happens on a background thread (see `edge.reader`). Video and camera frames
+stay in OpenCV's BGR until the tiles are cut; still images are decoded to RGB by the same decoder
+training uses (pothole_edge.images), with its limits for untrusted files.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.preprocess import read_image
-from train.errors import UsageError
+from pothole_edge.errors import UsageError
+from pothole_edge.fileio import encodable
+from pothole_edge.images import ImageDecodeError, read_rgb
 
 log = logging.getLogger("edge")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -30,9 +34,22 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "tcp://", "udp:/
 class Frame:
     index: int  # position in the source, counting every frame read
     timestamp: float | None  # seconds: the file's own clock, or Unix time for live sources
-    image: np.ndarray  # BGR uint8
+    image: np.ndarray  # uint8 (H, W, 3) in `order`
     read_ms: float
     name: str | None = None  # the file, for image folders
+    order: str = "BGR"  # BGR from OpenCV's decoders, RGB from still images
+
+    def bgr(self) -> np.ndarray:
+        return self.image if self.order == "BGR" else cv2.cvtColor(self.image, cv2.COLOR_RGB2BGR)
+
+
+def cv_path(path: str) -> tuple[str, int | None]:
+    """A path OpenCV can open. OpenCV crashes on Python strings holding undecodable bytes (surrogate
+    escapes); such a file is opened here and handed over as /proc/self/fd/N."""
+    if encodable(path):
+        return path, None
+    fd = os.open(path, os.O_RDONLY)
+    return f"/proc/self/fd/{fd}", fd
 
 
 def open_capture(target: int | str, live_timeout_ms: int = 5000) -> Any:
@@ -43,24 +60,52 @@ def open_capture(target: int | str, live_timeout_ms: int = 5000) -> Any:
     return cv2.VideoCapture(target)
 
 
+def _check_regular(path: str, flag: str) -> None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"video {printable(path)} does not exist; pass {flag} with a video file") from None
+    except OSError as e:
+        raise UsageError(
+            f"cannot read video {printable(path)}: {e.strerror}; pass {flag} with a readable video file"
+        ) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UsageError(
+            f"{printable(path)} is a directory; pass {flag} with a video file, or --images for a folder of images"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(
+            f"{printable(path)} is not a regular file (a device or pipe); pass {flag} with a video file, or --camera N"
+        )
+
+
+def printable(text: str) -> str:
+    """A path for a message: undecodable bytes shown as \\xNN instead of crashing the print."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class VideoFile:
     """Every frame of a file, in order; `stride` skips frames on purpose."""
 
     live = False
 
     def __init__(self, path: str, stride: int = 1) -> None:
-        if not os.path.isfile(path):
-            raise UsageError(f"video {path} does not exist; pass --video with a video file")
+        _check_regular(path, "--video")
         self.path, self.stride = path, stride
-        self.cap = open_capture(path)
+        target, self._fd = cv_path(path)
+        self.cap = open_capture(target)
         ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
         if not ok:
-            self.cap.release()
-            raise UsageError(f"cannot decode video {path}: OpenCV's FFmpeg reads no frame from it; check the file plays, or convert it to MP4 (H.264)")
+            self.close()
+            raise UsageError(
+                f"cannot decode video {printable(path)}: OpenCV's FFmpeg reads no frame from it; check the file "
+                "plays, or convert it to MP4 (H.264)"
+            )
         self._first = first
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
         self.expected = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.describe = f"video {path} ({self.expected or '?'} frames at {self.fps:.1f} fps)"
+        self.ended_early: str | None = None
+        self.describe = f"video {printable(path)} ({self.expected or '?'} frames at {self.fps:.1f} fps)"
 
     def _timestamp(self, index: int) -> float | None:
         ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
@@ -81,14 +126,19 @@ class VideoFile:
             if not ok:
                 image = None
         if self.expected and index < self.expected - 1 and not stop.is_set():
-            log.warning("video %s ended at frame %d of the %d its header announces; it may be truncated", self.path, index, self.expected)
+            self.ended_early = f"the video ended at frame {index} of the {self.expected} its header announces; it may be truncated or damaged"
+            log.warning("%s: %s", printable(self.path), self.ended_early)
 
     def close(self) -> None:
-        self.cap.release()
+        if getattr(self, "cap", None) is not None:
+            self.cap.release()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class ImageFolder:
-    """Image files in name order; an unreadable one is logged and skipped."""
+    """Image files in name order; an unreadable one is logged, counted and skipped."""
 
     live = False
     fps = 0.0
@@ -99,22 +149,28 @@ class ImageFolder:
         else:
             paths = sorted(p for p in glob.glob(pattern) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
-            raise UsageError(f"no images in {pattern}; pass --images with a folder or glob of {', '.join(sorted(IMAGE_SUFFIXES))} files")
+            raise UsageError(
+                f"no images in {printable(pattern)}; pass --images with a folder or glob of "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))} files"
+            )
         self.paths, self.stride = paths[::stride], stride
         self.unreadable: list[str] = []
-        self.describe = f"images {pattern} ({len(self.paths)} files)"
+        self.describe = f"images {printable(pattern)} ({len(self.paths)} files)"
 
     def frames(self, stop: Any) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
             if stop.is_set():
                 return
             t = time.perf_counter()
-            image = read_image(path)
-            if image is None:
-                log.warning("skipping %s: not a readable image", path)
-                self.unreadable.append(path)
+            try:
+                image = read_rgb(path)
+            except ImageDecodeError as e:
+                log.warning("skipping %s: %s", printable(path), e)
+                self.unreadable.append(printable(path))
                 continue
-            yield Frame(index * self.stride, None, image, (time.perf_counter() - t) * 1000, name=path)
+            yield Frame(
+                index * self.stride, None, image, (time.perf_counter() - t) * 1000, name=printable(path), order="RGB"
+            )
 
     def close(self) -> None:
         pass
@@ -123,7 +179,7 @@ class ImageFolder:
 class LiveSource:
     """A camera or stream. Reads never give up at the first failure: they reconnect with back-off.
 
-    `frames()` yields every frame it reads; the reader thread keeps only the newest for the model.
+    `frames()` yields every frame it reads; the reader keeps only the newest for the model.
     Each outage is logged and kept in `gaps`; one longer than `reconnect_timeout` ends the run.
     """
 
@@ -136,8 +192,15 @@ class LiveSource:
         self.lost: str | None = None  # why the source ended, if it did
         self.cap, tries = self._connect(None)
         if self.cap is None:
-            fix = "check the index (v4l2-ctl --list-devices) or pass another --camera" if isinstance(target, int) else "check the URL and that the server is up"
-            raise UsageError(f"{self.what} did not open after {tries} {'try' if tries == 1 else 'tries'} over {reconnect_timeout:g} s; {fix}")
+            fix = (
+                "check the index (v4l2-ctl --list-devices) or pass another --camera"
+                if isinstance(target, int)
+                else "check the URL and that the server is up"
+            )
+            raise UsageError(
+                f"{self.what} did not open after {tries} {'try' if tries == 1 else 'tries'} over "
+                f"{reconnect_timeout:g} s; {fix}"
+            )
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
         self.describe = self.what
 
@@ -175,7 +238,9 @@ class LiveSource:
                 continue
             image = None
             lost_at = time.time()
-            log.warning("%s lost at %s; reconnecting for up to %g s", self.what, _clock(lost_at), self.reconnect_timeout)
+            log.warning(
+                "%s lost at %s; reconnecting for up to %g s", self.what, _clock(lost_at), self.reconnect_timeout
+            )
             self.cap.release()
             self.cap, tries = self._connect(stop)
             if self.cap is None:
@@ -184,7 +249,9 @@ class LiveSource:
                     log.error("%s", self.lost)
                 return
             back = time.time()
-            self.gaps.append({"lost_at": lost_at, "restored_at": back, "gap_s": round(back - lost_at, 3), "tries": tries})
+            self.gaps.append(
+                {"lost_at": lost_at, "restored_at": back, "gap_s": round(back - lost_at, 3), "tries": tries}
+            )
             log.warning("%s back at %s after a %.2f s gap (%d tries)", self.what, _clock(back), back - lost_at, tries)
             image, t = self._pending, time.perf_counter()
 
@@ -206,6 +273,9 @@ def open_source(kind: str, value: Any, stride: int = 1, reconnect_timeout: float
         return LiveSource(int(value), reconnect_timeout)
     if kind == "stream":
         if not str(value).startswith(STREAM_SCHEMES):
-            raise UsageError(f"--stream {value} is not a stream URL; use one of {', '.join(s.rstrip(':/') for s in STREAM_SCHEMES)}, or --video for a file")
+            raise UsageError(
+                f"--stream {value} is not a stream URL; use one of "
+                f"{', '.join(s.rstrip(':/') for s in STREAM_SCHEMES)}, or --video for a file"
+            )
         return LiveSource(str(value), reconnect_timeout)
     raise UsageError(f"unknown source {kind!r}; choose one of camera, video, stream, images")

@@ -1,15 +1,38 @@
-"""Optional visual output: an annotated video file (--save-video) and a live window (--show)."""
+"""Optional visual output: an annotated video file (--save-video) and a live window (--show).
+Both draw the frame's verdict and the tile that decided it."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pothole_edge.fileio import encodable
+
 log = logging.getLogger("edge")
+RED, GREEN = (0, 0, 255), (0, 160, 0)
+
+
+def draw_tile(
+    image_bgr: np.ndarray,
+    box: tuple[float, ...] | np.ndarray,
+    prob: float | None = None,
+    colour: tuple[int, int, int] = RED,
+) -> np.ndarray:
+    """The hottest tile's box, and its probability, drawn onto the frame in place."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    thick = max(2, image_bgr.shape[0] // 240)
+    cv2.rectangle(image_bgr, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
+    if prob is not None:
+        cv2.putText(
+            image_bgr, f"{prob:.2f}", (x0 + 4, max(14, y0 + 18)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 2, cv2.LINE_AA
+        )
+    return image_bgr
 
 
 class Annotator:
@@ -20,18 +43,26 @@ class Annotator:
         if show and not self.show:
             log.warning("--show ignored: no display (DISPLAY is unset) or OpenCV without a GUI backend")
 
-    def write(self, frame: np.ndarray, prob: float, pothole: bool) -> bool:
+    @property
+    def active(self) -> bool:
+        return self.path is not None or self.show
+
+    def write(self, frame_bgr: np.ndarray, prob: float, pothole: bool, box: np.ndarray | None = None) -> bool:
         """Draw and emit one frame; False when the user closes the window."""
-        if self.path is None and not self.show:
+        if not self.active:
             return True
-        image = frame.copy()
-        colour = (0, 0, 255) if pothole else (0, 160, 0)
+        image = frame_bgr.copy()
+        colour = RED if pothole else GREEN
         cv2.rectangle(image, (0, 0), (image.shape[1] - 1, image.shape[0] - 1), colour, max(2, image.shape[0] // 80))
         cv2.putText(image, f"pothole {prob:.2f}", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, colour, 2, cv2.LINE_AA)
+        if box is not None and pothole:
+            draw_tile(image, box, None, colour)
         if self.path is not None:
             if self.writer is None:
                 self.size = (image.shape[1], image.shape[0])
-                self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+                # OpenCV crashes on a path it cannot encode: such a video is written elsewhere and moved at close
+                self.writing = self.path if encodable(str(self.path)) else Path(tempfile.mkdtemp()) / "annotated.mp4"
+                self.writer = cv2.VideoWriter(str(self.writing), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
             # image folders mix sizes; a video has one
             self.writer.write(image if (image.shape[1], image.shape[0]) == self.size else cv2.resize(image, self.size))
         if self.show:
@@ -40,9 +71,23 @@ class Annotator:
                 return False
         return True
 
-    def close(self) -> None:
+    def stop_file(self) -> None:
+        """Close the annotated video where it is (the disk is nearly full); a --show window goes on."""
+        if self.path is not None:
+            log.warning("the annotated video stops at this frame")
+            self._finish()
+            self.path = None
+
+    def _finish(self) -> None:
         if self.writer is not None:
             self.writer.release()
+            self.writer = None
+            if self.writing != self.path:
+                shutil.move(str(self.writing), self.path)
+                self.writing.parent.rmdir()
+
+    def close(self) -> None:
+        self._finish()
         if self.show:
             cv2.destroyAllWindows()
 

@@ -7,36 +7,64 @@ from typing import Any
 
 import click
 
-from export.config import ExportConfig
-from train.cli import _given, _run
+from pothole_edge.cli import default, given, main_click, run
+from pothole_edge.export.config import ExportConfig
+
+X = ExportConfig
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _d(name: str) -> str:
+    return f"  [default: {default(X, name)}]"
+
+
+@click.command("pt-export", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.argument("checkpoint")
-@click.option("--opset", type=int, help="ONNX opset, 13 to the exporter's newest.  [default: 17]")
+@click.option("--opset", type=int, help="ONNX opset, 13 to the exporter's newest." + _d("opset"))
 @click.option("--out", help="Output directory.  [default: beside the checkpoint]")
 @click.option("--data", help="Labelled folder to prove parity on.  [default: the run's test split]")
-@click.option("--int8", is_flag=True, default=None, help="Also write model.int8.onnx (static QDQ, per-channel).")
+@click.option(
+    "--int8", is_flag=True, default=None, help="Also write model.int8.onnx (static QDQ, per-channel) for the CPU."
+)
+@click.option(
+    "--int8-trt",
+    is_flag=True,
+    default=None,
+    help="Also write model.int8-trt.onnx: signed symmetric INT8, what TensorRT runs.",
+)
 @click.option("--fp16", is_flag=True, default=None, help="Also write model.fp16.onnx for GPU providers.")
 @click.option("--simplify/--no-simplify", default=None, help="Run onnxslim where outputs stay the same.  [default: on]")
-@click.option("--prob-tol", type=float, help="FP32 gate: max |probability difference|.  [default: 1e-4]")
-@click.option("--metric-tol", type=float, help="FP32 gate: max |metric difference|.  [default: 1e-4]")
-@click.option("--min-label-agreement", type=float, help="FP32 gate: fraction of equal labels.  [default: 1.0]")
-@click.option("--int8-max-accuracy-drop", type=float, help="INT8 gate.  [default: 0.01]")
-@click.option("--int8-max-auc-drop", type=float, help="INT8 gate.  [default: 0.01]")
-@click.option("--int8-reduce-range/--no-int8-reduce-range", default=None, help="7-bit INT8 weights, for x86 CPUs without VNNI.  [default: on]")
-@click.option("--calibration-images", type=int, help="Training images for INT8 calibration.  [default: 128]")
-@click.option("--speed-runs", type=int, help="Timed batch-1 runs for the INT8 speed-up.  [default: 50]")
-def export_main(checkpoint: str, **options: Any) -> None:
+@click.option("--prob-tol", type=float, help="FP32 gate: max |tile probability difference|." + _d("prob_tol"))
+@click.option("--metric-tol", type=float, help="FP32 gate: max |metric difference|." + _d("metric_tol"))
+@click.option(
+    "--min-label-agreement", type=float, help="FP32 gate: fraction of equal frame labels." + _d("min_label_agreement")
+)
+@click.option("--int8-max-accuracy-drop", type=float, help="INT8 and FP16 gate." + _d("int8_max_accuracy_drop"))
+@click.option("--int8-max-auc-drop", type=float, help="INT8 and FP16 gate." + _d("int8_max_auc_drop"))
+@click.option(
+    "--int8-reduce-range/--no-int8-reduce-range",
+    default=None,
+    help="7-bit INT8 weights.  [default: from this CPU: on for x86 without VNNI, else off]",
+)
+@click.option(
+    "--calibration-images",
+    type=int,
+    help="Training frames for INT8 calibration (two tiles each)." + _d("calibration_images"),
+)
+@click.option("--speed-runs", type=int, help="Timed runs for the INT8 speed-up." + _d("speed_runs"))
+def export_command(checkpoint: str, **options: Any) -> None:
     """Convert CHECKPOINT (a run directory or model.pt) to ONNX and prove ONNX Runtime reproduces it."""
 
     def go() -> None:
-        from export.run import GateFailed, export
+        from pothole_edge.export.run import GateFailed, export
 
         try:
-            export(ExportConfig(checkpoint=checkpoint, **_given(**options)))
+            export(ExportConfig(checkpoint=checkpoint, **given(**options)))
         except GateFailed as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
 
-    _run(go)
+    run(go)
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    main_click(export_command, argv)

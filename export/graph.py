@@ -1,14 +1,13 @@
-"""The exported graph: uint8 NHWC RGB crops in, class probabilities out.
+"""The exported graph: uint8 NHWC RGB tiles in, class probabilities out.
 
-Scaling, normalisation and the NHWC->NCHW transpose live inside the graph, so a caller (the
-edge, with OpenCV) only resizes and crops, and cannot get mean, std or layout wrong.
+Scaling, normalisation and the NHWC->NCHW transpose live inside the graph (pothole_edge.train.network),
+so a caller (the edge, with OpenCV) only cuts tiles, and cannot get mean, std or layout wrong.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -22,20 +21,7 @@ def max_opset() -> int:
     return min(onnx.defs.onnx_opset_version(), _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
 
 
-class Deployable(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, spec: dict[str, Any]) -> None:
-        super().__init__()
-        self.model = model
-        # folding 1/255 into mean and std saves one op and one rounding
-        self.register_buffer("mean", torch.tensor(spec["mean"]).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(spec["std"]).view(1, 3, 1, 1) * 255)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).float()
-        return self.model((x - self.mean) / self.std).softmax(1)
-
-
-def to_onnx(module: Deployable, path: Path, opset: int, crop: int) -> None:
+def to_onnx(module: torch.nn.Module, path: Path, opset: int, crop: int) -> None:
     """Export with a dynamic batch axis, constant-folded, at exactly `opset`.
 
     The TorchScript exporter is used on purpose: in torch 2.14 the dynamo exporter writes

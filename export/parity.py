@@ -1,15 +1,16 @@
-"""The proof: the same inputs through two backends, compared image by image and metric by metric."""
+"""The proof: the same tiles through two backends, compared tile by tile, frame by frame and metric by metric."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from train.metrics import binary_metrics
+from pothole_edge.train.metrics import HEADLINE, binary_metrics
+from pothole_edge.view import pool
 
-FLOAT_METRICS = ("accuracy", "specificity", "sensitivity", "precision", "f1", "average_precision", "roc_auc")
+FLOAT_METRICS = HEADLINE
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,29 @@ class DropGate:
     prob_tol: float | None = None
 
 
-def compare(name: str, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, threshold: float, class_names: Sequence[str], gate: ExactGate | DropGate) -> dict[str, Any]:
+def frame_probs(tile_probs: np.ndarray, spec_view: dict[str, Any]) -> np.ndarray:
+    return np.array([pool(row, spec_view)[0] for row in tile_probs], dtype=np.float64)
+
+
+def compare(
+    name: str,
+    ref_tiles: np.ndarray,
+    cand_tiles: np.ndarray,
+    labels: np.ndarray,
+    spec: dict[str, Any],
+    gate: ExactGate | DropGate,
+) -> dict[str, Any]:
+    """Tile probabilities (frames x tiles) of both backends: the probability gate is per tile, labels and
+    metrics per frame after the view's pooling."""
+    threshold, class_names = spec["threshold"], spec["class_names"]
+    reference, candidate = frame_probs(ref_tiles, spec["view"]), frame_probs(cand_tiles, spec["view"])
     ref_m = binary_metrics(labels, reference, threshold, class_names)
     cand_m = binary_metrics(labels, candidate, threshold, class_names)
-    diff = np.abs(reference - candidate)
+    diff = np.abs(ref_tiles - cand_tiles)
     agreement = float(np.mean((reference >= threshold) == (candidate >= threshold)))
-    deltas = {k: abs(ref_m[k] - cand_m[k]) for k in FLOAT_METRICS if ref_m.get(k) is not None and cand_m.get(k) is not None}
+    deltas = {
+        k: abs(ref_m[k] - cand_m[k]) for k in FLOAT_METRICS if ref_m.get(k) is not None and cand_m.get(k) is not None
+    }
     failures = []
     if isinstance(gate, ExactGate):
         if diff.max(initial=0) > gate.prob_tol:
@@ -59,6 +77,7 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray, labels: np.
         "failures": failures,
         "gate": {"kind": type(gate).__name__} | gate.__dict__,
         "n": int(labels.size),
+        "tiles": int(diff.size),
         "max_abs_prob_diff": float(diff.max(initial=0)),
         "mean_abs_prob_diff": float(diff.mean()) if diff.size else 0.0,
         "label_agreement": agreement,
@@ -77,5 +96,8 @@ def table(reports: list[dict[str, Any]]) -> str:
         ref, cand = r["reference_metrics"], r["candidate_metrics"]
         auc = f"{ref['roc_auc']:.4f}->{cand['roc_auc']:.4f}" if ref["roc_auc"] is not None else "n/a"
         acc = f"{ref['accuracy']:.4f}->{cand['accuracy']:.4f}"
-        rows.append(f"{r['name']:<{width}} {r['n']:>4} {r['max_abs_prob_diff']:>10.2e} {r['label_agreement']:>7.2%} {acc:>13} {auc:>15}  {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}")
+        rows.append(
+            f"{r['name']:<{width}} {r['n']:>4} {r['max_abs_prob_diff']:>10.2e} {r['label_agreement']:>7.2%} "
+            f"{acc:>13} {auc:>15}  {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failures'])}"
+        )
     return "\n".join(rows)

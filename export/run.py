@@ -1,4 +1,9 @@
-"""`export()`: the library function behind pt-export."""
+"""`export()`: the library function behind pt-export.
+
+Everything is written into a staging folder first. Only when every gate passes do model.onnx, its
+variants, parity.json and export_config.json replace the previous export as one set; a failed export
+leaves the previous set untouched and its own files in export.failed/ for inspection.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,40 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export import metadata, parity
-from export.config import ExportConfig
-from train import __version__, checkpoint, data
-from train.errors import UsageError
-from train.fileio import ensure_writable_dir, write_json
+from pothole_edge import __version__, metadata, preprocess
+from pothole_edge.errors import UsageError
+from pothole_edge.export import parity
+from pothole_edge.export.config import ExportConfig
+from pothole_edge.fileio import ensure_writable_dir, write_json
+from pothole_edge.images import ImageDecodeError, read_rgb
+from pothole_edge.progress import progress
+from pothole_edge.system import int8_reduce_range_default, usable_cores
+from pothole_edge.timing import latency
+from pothole_edge.train import checkpoint, data
+from pothole_edge.train.config import ARCH_CHOICES
+from pothole_edge.train.metrics import HEADLINE
 
 log = logging.getLogger("pt-export")
+OUTPUTS = (
+    "model.onnx",
+    "model.int8.onnx",
+    "model.int8-trt.onnx",
+    "model.fp16.onnx",
+    "parity.json",
+    "export_config.json",
+)
+FAILED = "export.failed"
 
 
 class GateFailed(Exception):
-    """A variant did not reproduce the reference within its gate; nothing was written under its final name."""
+    """A variant did not reproduce the reference within its gate; the previous export stays as it was."""
 
 
 def _checkpoint_path(arg: str) -> Path:
@@ -31,41 +54,69 @@ def _checkpoint_path(arg: str) -> Path:
     return path / "model.pt" if path.is_dir() else path
 
 
-def _run_samples(run_dir: Path, ckpt: dict[str, Any], split: str) -> tuple[list[Path], np.ndarray]:
-    """The images of one split, from the run's manifest, checked against the checkpoint's hash."""
+def run_samples(run_dir: Path, ckpt: dict[str, Any], split: str) -> list[tuple[Path, int]]:
+    """The frames of one split, from the run's manifest, checked against the checkpoint's hash."""
     manifest, summary = run_dir / "split.csv", run_dir / "data.json"
     if not manifest.is_file() or not summary.is_file():
         raise UsageError(f"no split manifest beside {run_dir / 'model.pt'}; pass --data DIR with labelled images")
-    if data.manifest_hash(manifest.read_text(encoding="utf-8")) != ckpt.get("manifest_sha256"):
+    if data.manifest_hash(manifest.read_text(encoding="utf-8", errors="surrogateescape")) != ckpt.get(
+        "manifest_sha256"
+    ):
         raise UsageError(f"{manifest} changed since training (its hash differs from the checkpoint's); pass --data DIR")
-    root = Path(json.loads(summary.read_text(encoding="utf-8"))["root"])
-    samples = [s for s in data.read_manifest(manifest, tuple(ckpt["class_names"])) if s.split == split]
-    missing = [s.path for s in samples if not (root / s.path).is_file()]
+    try:
+        roots = [Path(r) for r in json.loads(summary.read_text(encoding="utf-8"))["roots"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{summary} is damaged ({type(e).__name__}); pass --data DIR") from None
+    samples = [s for s in data.read_manifest(manifest, tuple(ckpt["spec"]["class_names"])) if s.split == split]
+    missing = [s.path for s in samples if not (roots[s.root] / s.path).is_file()]
     if missing:
-        raise UsageError(f"{len(missing)} {split} image(s) of the manifest are missing under {root} (e.g. {missing[0]}); pass --data DIR")
-    return [root / s.path for s in samples], np.array([s.label for s in samples], dtype=int)
+        raise UsageError(
+            f"{len(missing)} {split} image(s) of the manifest are missing (e.g. {missing[0]}); pass --data DIR"
+        )
+    return [(roots[s.root] / s.path, s.label) for s in samples]
 
 
-def _folder_samples(folder: str, ckpt: dict[str, Any]) -> tuple[list[Path], np.ndarray]:
-    labelled = data.load_for_evaluation(folder, tuple(ckpt["class_names"]))
-    return [labelled.root / s.path for s in labelled.samples], np.array([s.label for s in labelled.samples], dtype=int)
+def _folder_samples(folder: str, ckpt: dict[str, Any]) -> list[tuple[Path, int]]:
+    labelled = data.load_for_evaluation(folder, tuple(ckpt["spec"]["class_names"]))
+    return [(labelled.path(s), s.label) for s in labelled.samples]
 
 
-def build_metadata(ckpt: dict[str, Any], ckpt_path: Path, opset: int) -> dict[str, Any]:
-    spec = ckpt["preprocess"]
-    keys = ("accuracy", "specificity", "sensitivity", "precision", "f1", "average_precision", "roc_auc", "confusion_matrix", "n")
-    return {
-        "schema_version": metadata.SCHEMA_VERSION,
-        "class_names": list(ckpt["class_names"]),
-        "positive_index": int(ckpt["positive_index"]),
-        "threshold": float(ckpt.get("threshold", 0.5)),
-        "preprocess": spec | {"normalization": "in_graph"},
-        "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channel_order": "RGB", "height": spec["crop"], "width": spec["crop"]},
-        "output": {"name": "probabilities", "dtype": "float32", "meaning": "softmax over class_names"},
-        "arch": ckpt["arch"],
+def load_tiles(
+    samples: list[tuple[Path, int]], spec: dict[str, Any], desc: str
+) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """(paths, labels, tiles (frames, tiles, crop, crop, 3)) through the edge's view; unreadable files are skipped."""
+    paths, labels, tiles = [], [], []
+    for path, label in progress(samples, total=len(samples), desc=desc, unit="img"):
+        try:
+            image = read_rgb(path)
+        except ImageDecodeError as e:
+            log.warning("skipping %s: %s", path, e)
+            continue
+        paths.append(path)
+        labels.append(label)
+        tiles.append(preprocess.tiles(image, spec)[0])
+    if not tiles:
+        raise UsageError("no readable images to prove the export on; pass --data DIR with labelled images")
+    return paths, np.array(labels, dtype=int), np.stack(tiles)
+
+
+def build_metadata(ckpt: dict[str, Any], ckpt_sha256: str, opset: int) -> dict[str, Any]:
+    spec = ckpt["spec"]
+    crop = spec["preprocess"]["crop"]
+    keys = (*HEADLINE, "confusion_matrix", "n")
+    return spec | {
+        "input": {
+            "name": "image",
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "channel_order": "RGB",
+            "height": crop,
+            "width": crop,
+        },
+        "output": {"name": "probabilities", "dtype": "float32", "meaning": "softmax over class_names, per tile"},
         "opset": opset,
         "variant": "fp32",
-        "checkpoint_sha256": hashlib.sha256(ckpt_path.read_bytes()).hexdigest(),
+        "checkpoint_sha256": ckpt_sha256,
         "training_metrics": {k: ckpt.get("metrics", {}).get(k) for k in keys},
         "package_version": __version__,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -85,119 +136,232 @@ def _finalise(path: Path, meta: dict[str, Any], simplify_with: np.ndarray | None
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def _plain_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def _simplify(path: Path, probe: np.ndarray) -> None:
     import onnx
     import onnxslim
 
-    from export.ort import cpu_session
-
-    before = cpu_session(path).run(None, {"image": probe})[0]
+    before = _plain_session(path).run(None, {"image": probe})[0]
     slim = onnxslim.slim(onnx.load(str(path)))
     trial = path.with_name(path.name + ".slim")
     onnx.save(slim, str(trial))
-    after = cpu_session(trial).run(None, {"image": probe})[0]
+    after = _plain_session(trial).run(None, {"image": probe})[0]
     if np.array_equal(before, after) or np.abs(before - after).max() <= 1e-6:
         os.replace(trial, path)
     else:
         trial.unlink()
-        log.warning("onnxslim changed the outputs by %.2e; keeping the unsimplified graph", np.abs(before - after).max())
+        log.warning(
+            "onnxslim changed the outputs by %.2e; keeping the unsimplified graph", np.abs(before - after).max()
+        )
 
 
-def _settle(partial: Path, final: Path, report: dict[str, Any]) -> None:
-    """Give a verified model its final name; a failed one keeps a name no loader mistakes for a model."""
-    if report["passed"]:
-        os.replace(partial, final)
-    else:
-        os.replace(partial, final.with_name(final.name + ".failed"))
+def _onnx_tiles(path: Path, tiles: np.ndarray, batch_size: int) -> tuple[Any, np.ndarray]:
+    from pothole_edge.session import Runner, open_session
+
+    runner = Runner(open_session(path, "cpu", threads=usable_cores()))
+    flat = tiles.reshape(-1, *tiles.shape[2:])
+    return runner, runner.probs_batched(flat, batch_size).reshape(tiles.shape[:2])
 
 
-def _decoder_parity(session: Any, paths: list[Path], inputs: np.ndarray, meta: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        log.warning("opencv is not installed: the edge decoder comparison is skipped")
-        return None
-    from export.decoders import compare_decoders
+def _calibration(
+    ckpt_path: Path, ckpt: dict[str, Any], config: ExportConfig, fallback: list[tuple[Path, int]]
+) -> np.ndarray:
+    """Two seeded view tiles from each of `calibration_images` training frames, cut as the edge cuts them."""
+    frames = run_samples(ckpt_path.parent, ckpt, "train") if not config.data else fallback
+    if config.data:
+        log.warning("calibrating INT8 on the --data images: without the run's manifest there are no training images")
+    rng = np.random.default_rng(0)
+    chosen = sorted(rng.choice(len(frames), min(config.calibration_images, len(frames)), replace=False))
+    _, _, tiles = load_tiles([frames[i] for i in chosen], ckpt["spec"], "calibration images")
+    picks = rng.integers(0, tiles.shape[1], (len(tiles), 2))
+    return np.concatenate([tiles[np.arange(len(tiles)), picks[:, k]] for k in range(2)])
 
-    report = compare_decoders(session, paths, inputs, meta)
-    log.info("edge (OpenCV) vs training (PIL) preprocessing: %d of %d labels differ (%.2f%%), max |dprob| %.3f", report["label_differences"], report["n"], 100 * report["label_difference_rate"], report["max_abs_prob_diff"])
-    return report
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Replace the previous export with the staged one; files it did not make again go too."""
+    for name in OUTPUTS:
+        if not (stage / name).exists():
+            (out / name).unlink(missing_ok=True)
+    for name in OUTPUTS:
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+    shutil.rmtree(out / FAILED, ignore_errors=True)
+
+
+def _keep_failed(stage: Path, out: Path) -> Path:
+    failed = out / FAILED
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(stage, failed)
+    for p in failed.glob("*.onnx"):  # never under a name a loader would take for a verified model
+        os.replace(p, p.with_name(p.name + ".failed"))
+    return failed
 
 
 def export(config: ExportConfig) -> dict[str, Any]:
     """Write model.onnx (and the asked-for variants) with parity.json proving each one."""
-    import torch
+    from pothole_edge.export.graph import MIN_OPSET, max_opset
 
-    from export import variants
-    from export.graph import MIN_OPSET, Deployable, max_opset, to_onnx
-    from export.inputs import batches, load_inputs
-    from export.ort import cpu_session, median_latency_ms, predict
-    from train.models import ARCHS
-
+    config.check()
     ckpt_path = _checkpoint_path(config.checkpoint)
     ckpt = checkpoint.load(ckpt_path)
-    if ckpt["arch"] not in ARCHS:
-        raise UsageError(f"{ckpt_path} is a checkpoint of unknown arch {ckpt['arch']!r}; pt-export knows: {', '.join(ARCHS)}")
+    if ckpt["spec"]["arch"] not in ARCH_CHOICES:
+        raise UsageError(
+            f"{ckpt_path} is a checkpoint of unknown arch {ckpt['spec']['arch']!r}; pt-export knows: "
+            f"{', '.join(ARCH_CHOICES)}"
+        )
     top = max_opset()
     if not MIN_OPSET <= config.opset <= top:
         raise UsageError(f"--opset {config.opset} is not supported; choose {MIN_OPSET} to {top}")
+    reduce_range, why = (
+        (config.int8_reduce_range, "asked for") if config.int8_reduce_range is not None else int8_reduce_range_default()
+    )
+    config = dataclasses.replace(config, int8_reduce_range=reduce_range)
+    samples = _folder_samples(config.data, ckpt) if config.data else run_samples(ckpt_path.parent, ckpt, "test")
     out = ensure_writable_dir(config.out or ckpt_path.parent, "output directory")
-    # the run directory's config.json is pt-train's, so the export's gets its own name
-    write_json(out / "export_config.json", dataclasses.asdict(config))
-    paths, labels = _folder_samples(config.data, ckpt) if config.data else _run_samples(ckpt_path.parent, ckpt, "test")
-    spec, names, threshold, pos = ckpt["preprocess"], ckpt["class_names"], float(ckpt.get("threshold", 0.5)), int(ckpt["positive_index"])
-    inputs = load_inputs(paths, spec, desc="test images")
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        result = {"model": str(out / "model.onnx")} | _export(
+            config, ckpt_path, ckpt, samples, stage, (reduce_range, why)
+        )
+        write_json(stage / "parity.json", result)
+        write_json(stage / "export_config.json", dataclasses.asdict(config))
+        log.info("%s", parity.table(result["reports"]))
+        if not result["passed"]:
+            failed = _keep_failed(stage, out)
+            names = [r["name"] for r in result["reports"] if not r["passed"]]
+            raise GateFailed(
+                f"parity gate failed for {', '.join(names)}; the previous export in {out} is unchanged; see "
+                f"{failed / 'parity.json'}"
+            )
+        _swap_in(stage, out)
+        log.info("wrote %s", ", ".join(str(out / n) for n in OUTPUTS if (out / n).exists() and n.endswith(".onnx")))
+        return result
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
-    module = Deployable(checkpoint.model_from_checkpoint(ckpt), spec).eval()
+
+def _export(
+    config: ExportConfig,
+    ckpt_path: Path,
+    ckpt: dict[str, Any],
+    samples: list[tuple[Path, int]],
+    stage: Path,
+    int8_range: tuple[bool, str],
+) -> dict[str, Any]:
+    import torch
+
+    from pothole_edge.export import variants
+    from pothole_edge.export.graph import to_onnx
+    from pothole_edge.train.network import Deployable
+
+    spec = ckpt["spec"]
+    paths, labels, tiles = load_tiles(samples, spec, "test images")
+    flat = tiles.reshape(-1, *tiles.shape[2:])
+    module = Deployable(checkpoint.model_from_checkpoint(ckpt)).eval()
+    pos = spec["positive_index"]
     with torch.no_grad():
-        reference = np.concatenate([module(torch.from_numpy(b)).numpy()[:, pos] for b in batches(inputs, config.batch_size)]).astype(np.float64)
+        ref = np.concatenate(
+            [
+                module(torch.from_numpy(flat[i : i + config.batch_size])).numpy()[:, pos]
+                for i in range(0, len(flat), config.batch_size)
+            ]
+        )
+    reference = ref.astype(np.float64).reshape(tiles.shape[:2])
 
-    meta = build_metadata(ckpt, ckpt_path, config.opset)
-    fp32, partial = out / "model.onnx", out / "model.onnx.partial"
-    to_onnx(module, partial, config.opset, spec["crop"])
-    _finalise(partial, meta, inputs[:8] if config.simplify else None)
-    fp32_session = cpu_session(partial)
+    sha = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+    meta = build_metadata(ckpt, sha, config.opset)
+    fp32 = stage / "model.onnx"
+    to_onnx(module, fp32, config.opset, spec["preprocess"]["crop"])
+    _finalise(fp32, meta, flat[:8] if config.simplify else None)
+    fp32_runner, got = _onnx_tiles(fp32, tiles, config.batch_size)
     gate = parity.ExactGate(config.prob_tol, config.metric_tol, config.min_label_agreement)
-    reports = [parity.compare("pytorch vs ort fp32", reference, predict(fp32_session, inputs, pos, config.batch_size), labels, threshold, names, gate)]
-    _settle(partial, fp32, reports[0])
-    result: dict[str, Any] = {"model": str(fp32), "opset": config.opset, "data": "manifest test split" if not config.data else str(config.data), "reports": reports}
-    if reports[0]["passed"]:
-        result["decoder_parity"] = _decoder_parity(fp32_session, paths, inputs, meta)
-
-    if reports[0]["passed"] and config.int8:
-        calib_paths = _run_samples(ckpt_path.parent, ckpt, "train")[0] if not config.data else paths
-        if config.data:
-            log.warning("calibrating INT8 on the --data images: without the run's manifest there are no training images")
-        rng = np.random.default_rng(0)
-        chosen = sorted(rng.choice(len(calib_paths), min(config.calibration_images, len(calib_paths)), replace=False))
-        calibration = load_inputs([calib_paths[i] for i in chosen], spec, desc="calibration images")
-        partial = out / "model.int8.onnx.partial"
-        variants.int8(fp32, partial, calibration, reduce_range=config.int8_reduce_range)
-        _finalise(partial, meta | {"variant": "int8", "calibration_images": len(chosen)}, None)
-        int8_session = cpu_session(partial)
-        drop = parity.DropGate(config.int8_max_accuracy_drop, config.int8_max_auc_drop)
-        reports.append(parity.compare("pytorch vs ort int8", reference, predict(int8_session, inputs, pos, config.batch_size), labels, threshold, names, drop))
-        speed = {k: median_latency_ms(s, inputs, config.speed_runs) for k, s in (("fp32", fp32_session), ("int8", int8_session))}
-        speed["int8_speedup"] = speed["fp32"]["median_ms"] / speed["int8"]["median_ms"]
-        result["cpu_batch1_latency"] = speed
-        _settle(partial, out / "model.int8.onnx", reports[-1])
-        log.info("INT8 batch-1 median latency on this CPU: %.2f ms vs FP32 %.2f ms (%.2fx faster, %d runs each)", speed["int8"]["median_ms"], speed["fp32"]["median_ms"], speed["int8_speedup"], config.speed_runs)
-
-    if reports[0]["passed"] and config.fp16:
-        partial = out / "model.fp16.onnx.partial"
-        variants.fp16(fp32, partial)
-        _finalise(partial, meta | {"variant": "fp16"}, None)
-        drop = parity.DropGate(config.int8_max_accuracy_drop, config.int8_max_auc_drop, prob_tol=config.fp16_prob_tol)
-        reports.append(parity.compare("pytorch vs ort fp16 (cpu)", reference, predict(cpu_session(partial), inputs, pos, config.batch_size), labels, threshold, names, drop))
-        _settle(partial, out / "model.fp16.onnx", reports[-1])
-
+    reports = [parity.compare("pytorch vs ort fp32", reference, got, labels, spec, gate)]
+    result: dict[str, Any] = {
+        "opset": config.opset,
+        "data": str(config.data) if config.data else "manifest test split",
+        "frames": len(paths),
+        "tiles_per_frame": int(tiles.shape[1]),
+        "reports": reports,
+    }
+    if not reports[0]["passed"]:
+        result["passed"] = False
+        return result
+    result["decoder_parity"] = _decoder_parity(fp32_runner, paths, tiles, spec)
+    frame = tiles[0]
+    timings = {"fp32": latency(lambda: fp32_runner.probs(frame), config.speed_runs, 5)}
+    drop = parity.DropGate(config.int8_max_accuracy_drop, config.int8_max_auc_drop)
+    wanted = [("int8", config.int8, False), ("int8-trt", config.int8_trt, True)]
+    calibration = _calibration(ckpt_path, ckpt, config, samples) if config.int8 or config.int8_trt else None
+    for variant, on, trt in wanted:
+        if not on:
+            continue
+        path = stage / f"model.{variant}.onnx"
+        variants.int8(fp32, path, calibration, reduce_range=int8_range[0], for_tensorrt=trt)
+        settings = {
+            "reduce_range": int8_range[0] and not trt,
+            "why": int8_range[1] if not trt else "TensorRT: signed symmetric",
+            "calibration_tiles": len(calibration),
+            "activations": "int8 symmetric" if trt else "uint8",
+        }
+        _finalise(path, meta | {"variant": variant, "int8": settings}, None)
+        runner, got = _onnx_tiles(path, tiles, config.batch_size)
+        reports.append(parity.compare(f"pytorch vs ort {variant}", reference, got, labels, spec, drop))
+        timings[variant] = latency(lambda: runner.probs(frame), config.speed_runs, 5)
+    if config.fp16:
+        path = stage / "model.fp16.onnx"
+        variants.fp16(fp32, path)
+        _finalise(path, meta | {"variant": "fp16"}, None)
+        _, got = _onnx_tiles(path, tiles, config.batch_size)
+        reports.append(
+            parity.compare(
+                "pytorch vs ort fp16 (cpu)",
+                reference,
+                got,
+                labels,
+                spec,
+                dataclasses.replace(drop, prob_tol=config.fp16_prob_tol),
+            )
+        )
+    result["cpu_frame_latency"] = _speed(timings, int(tiles.shape[1]), config.speed_runs)
     result["passed"] = all(r["passed"] for r in reports)
-    # parity.json vouches for model.onnx; a failed variant is already named *.failed
-    report_path = out / ("parity.json" if reports[0]["passed"] else "parity.failed.json")
-    write_json(report_path, result)
-    log.info("%s", parity.table(reports))
-    if not result["passed"]:
-        failed = [r["name"] for r in reports if not r["passed"]]
-        raise GateFailed(f"parity gate failed for {', '.join(failed)}; see {report_path}")
-    log.info("wrote %s", ", ".join(str(p) for p in sorted(out.glob("model*.onnx"))))
     return result
+
+
+def _speed(timings: dict[str, dict[str, Any]], tiles: int, runs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"tiles_per_frame": tiles, "runs": runs}
+    for name, t in timings.items():
+        out[name] = {k: t[k] for k in ("p50_ms", "p90_ms", "mean_ms", "runs", "samples_ms")}
+        if name != "fp32":
+            out[f"{name}_speedup"] = timings["fp32"]["p50_ms"] / t["p50_ms"]
+            log.info(
+                "%s frame latency (%d tiles) on this CPU: %.2f ms vs FP32 %.2f ms (%.2fx faster, p50 of %d runs)",
+                name.upper(),
+                tiles,
+                t["p50_ms"],
+                timings["fp32"]["p50_ms"],
+                out[f"{name}_speedup"],
+                runs,
+            )
+    return out
+
+
+def _decoder_parity(runner: Any, paths: list[Path], tiles: np.ndarray, spec: dict[str, Any]) -> dict[str, Any] | None:
+    from pothole_edge.export.decoders import compare_decoders
+
+    report = compare_decoders(runner.probs_batched, paths, tiles, spec)
+    if report["n"]:
+        log.info(
+            "OpenCV vs PIL decoding: %d of %d frame labels differ (%.2f%%), max |dprob| %.3f",
+            report["label_differences"],
+            report["n"],
+            100 * report["label_difference_rate"],
+            report["max_abs_prob_diff"],
+        )
+    return report

@@ -17,12 +17,16 @@ class _Calibration:
         return next(self._batches, None)
 
 
-def int8(fp32: Path, out: Path, calibration: np.ndarray, reduce_range: bool = False) -> Path:
-    """Static INT8: QDQ format, per-channel weights, activations calibrated on training images.
+def int8(
+    fp32: Path, out: Path, calibration: np.ndarray, reduce_range: bool = False, for_tensorrt: bool = False
+) -> Path:
+    """Static INT8: QDQ format, per-channel weights, activations calibrated on training tiles.
 
     The final Softmax stays in float: quantising probabilities would coarsen every threshold.
-    So does a stem convolution fed by the 3 colour channels: with so few input channels the INT8
-    kernel cannot fill its vector lanes, and on AVX2 it measured slower than the float one.
+    For the CPU, so does a stem convolution fed by the 3 colour channels: with so few input channels
+    the INT8 kernel cannot fill its vector lanes, and on AVX2 it measured slower than the float one.
+    For TensorRT (`for_tensorrt`), activations and weights are signed and symmetric (zero point 0),
+    the only INT8 TensorRT runs, biases stay float, and TensorRT decides itself where INT8 pays.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -37,18 +41,24 @@ def int8(fp32: Path, out: Path, calibration: np.ndarray, reduce_range: bool = Fa
     try:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared)).graph
-        keep_float = [n.name for n in graph.node if n.op_type == "Softmax"] + _narrow_convs(graph)
+        keep_float = [n.name for n in graph.node if n.op_type == "Softmax"]
+        if not for_tensorrt:
+            keep_float += _narrow_convs(graph)
         quantize_static(
             str(prepared),
             str(out),
             _Calibration(calibration, graph.input[0].name),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=keep_float,
-            reduce_range=reduce_range,
+            reduce_range=reduce_range and not for_tensorrt,
+            # TensorRT's explicit quantization takes int8 Q/DQ pairs and float biases
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+            if for_tensorrt
+            else {},
         )
     finally:
         prepared.unlink(missing_ok=True)

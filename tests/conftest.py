@@ -13,7 +13,7 @@ SIZE = 48
 
 def photo(positive: bool, seed: int, size: int = SIZE) -> Image.Image:
     """A small, learnable road-like image: potholes are a dark blob."""
-    from train.demo import render
+    from pothole_edge.train.demo import render
 
     return render(positive, np.random.default_rng(seed)).resize((size, size))
 
@@ -37,16 +37,25 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folder(tmp_path_factory.mktemp("shared") / "data", per_class=14)
 
 
-# the smallest real configuration: random Lite0 at 32 px, no worker processes
-TINY = dict(arch="efficientnet_lite0", weights="none", img_size=32, batch_size=8, workers=0, epochs=2, device="cpu")
+# the smallest real configuration: random Lite0 at 32 px, a 1x1 + 2x2 view, no worker processes
+TINY = dict(
+    arch="efficientnet_lite0",
+    weights="none",
+    img_size=32,
+    batch_size=8,
+    workers=0,
+    epochs=2,
+    device="cpu",
+    grids="1x1+2x2",
+)
 
 
 @pytest.fixture(scope="session")
 def trained_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny trained run for the export and benchmark tests. Tests write their exports elsewhere."""
-    from train.config import TrainConfig
-    from train.run import train
+    from pothole_edge.train.config import TrainConfig
+    from pothole_edge.train.run import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    train(TrainConfig(data=str(shared_folder), out=str(out), **(TINY | {"epochs": 3})))
+    train(TrainConfig(data=(str(shared_folder),), out=str(out), **(TINY | {"epochs": 3})))
     return out

@@ -20,11 +20,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import EdgeConfig
-from edge.decide import EventDetector
-from edge.reader import Newest
-from edge.runner import run
-from export import metadata
+from pothole_edge.edge.config import EdgeConfig
+from pothole_edge.edge.decide import EventDetector
+from pothole_edge.edge.reader import Newest
+from pothole_edge.edge.runner import run
+from pothole_edge import metadata
+from pothole_edge import spec as specs
 from tests.test_cli import assert_usage_error
 
 CROP = 32
@@ -33,7 +34,31 @@ SEGMENTS = [(DARK, 20), (BRIGHT, 15), (DARK, 20), (BRIGHT, 10), (DARK, 15)]  # (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def brightness_model(path: Path, with_metadata: bool = True) -> Path:
+def brightness_meta(grids: list | None = None, **changes) -> dict:
+    prep = specs.preprocess(CROP, 36, "bilinear", [0.5] * 3, [0.5] * 3)
+    spec = specs.describe(
+        ["normal", "pothole"], 1, 0.5, "test", prep, specs.view(grids=grids or [[1, 1]], overlap=0.25), "brightness"
+    )
+    return (
+        spec
+        | {
+            "input": {
+                "name": "image",
+                "dtype": "uint8",
+                "layout": "NHWC",
+                "channel_order": "RGB",
+                "height": CROP,
+                "width": CROP,
+            },
+            "output": {"name": "probs", "kind": "probabilities"},
+            "checkpoint_sha256": "ab" * 32,
+            "variant": "fp32",
+        }
+        | changes
+    )
+
+
+def brightness_model(path: Path, with_metadata: bool = True, meta: dict | None = None) -> Path:
     """uint8 NHWC in, softmax([-z, z]) out with z = (mean - 128) / 16: bright means pothole."""
     import onnx
     from onnx import TensorProto, helper
@@ -63,22 +88,15 @@ def brightness_model(path: Path, with_metadata: bool = True) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if with_metadata:
-        meta = {
-            "schema_version": metadata.SCHEMA_VERSION,
-            "class_names": ["normal", "pothole"],
-            "positive_index": 1,
-            "threshold": 0.5,
-            "preprocess": {"resize": 36, "crop": CROP, "interpolation": "bilinear", "antialias": True, "mean": [0.5] * 3, "std": [0.5] * 3, "normalization": "in_graph"},
-            "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channel_order": "RGB", "height": CROP, "width": CROP},
-            "output": {"name": "probs", "kind": "probabilities"},
-        }
-        helper.set_model_props(model, {metadata.KEY: metadata.dumps(meta)})
+        helper.set_model_props(model, {metadata.KEY: json.dumps(meta if meta is not None else brightness_meta())})
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return path
 
 
-def write_video(path: Path, segments: list[tuple[int, int]] = SEGMENTS, fps: float = 10.0, size: tuple[int, int] = (64, 48)) -> Path:
+def write_video(
+    path: Path, segments: list[tuple[int, int]] = SEGMENTS, fps: float = 10.0, size: tuple[int, int] = (64, 48)
+) -> Path:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     assert writer.isOpened(), "this OpenCV cannot write mp4v"
     rng = np.random.default_rng(0)
@@ -142,14 +160,20 @@ def test_video_gives_one_event_per_bright_segment(model, video, tmp_path):
     assert {r["event"] for r in rows if r["event"] is not None} == {1, 2}
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["fps"] > 0 and summary["model_only_fps"] > 0 and summary["metadata"]["class_names"] == ["normal", "pothole"]
+    assert (
+        summary["fps"] > 0
+        and summary["model_only_fps"] > 0
+        and summary["metadata"]["class_names"] == ["normal", "pothole"]
+    )
     assert set(summary["latency_ms"]) == {"read", "preprocess", "infer", "post"}
     assert all(v["n"] == total and v["p95_ms"] >= v["p50_ms"] for v in summary["latency_ms"].values())
     assert json.loads((tmp_path / "run" / "config.json").read_text())["video"] == str(video)
 
 
 def test_stride_and_threshold_flags(model, video, tmp_path):
-    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), stride=3, threshold=0.999999))
+    result = run(
+        EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), stride=3, threshold=0.999999)
+    )
     rows = lines(tmp_path / "run" / "predictions.jsonl")
     assert [r["frame"] for r in rows] == list(range(0, sum(n for _, n in SEGMENTS), 3))
     assert result["threshold"] == 0.999999 and result["events"] == 0  # smoothing keeps below such a threshold
@@ -162,7 +186,13 @@ def test_event_detector_hysteresis_stops_flicker():
     assert [s.active for s in steps] == [False, True, True, True, True, True, False, False]
     assert sum(s.opened is not None for s in steps) == 1
     closed = steps[6].closed
-    assert (closed.start_frame, closed.end_frame, closed.peak_prob, closed.peak_frame, closed.frames) == (1, 5, 0.6, 1, 5)
+    assert (closed.start_frame, closed.end_frame, closed.peak_prob, closed.peak_frame, closed.frames) == (
+        1,
+        5,
+        0.6,
+        1,
+        5,
+    )
 
 
 def test_newest_slot_keeps_only_the_latest_frame():
@@ -182,7 +212,11 @@ def test_image_folder_skips_unreadable_files(model, tmp_path):
     (folder / "3.jpg").write_bytes(b"not an image")
     result = run(EdgeConfig(model=str(model), images=str(folder), out=str(tmp_path / "run")))
     rows = lines(tmp_path / "run" / "predictions.jsonl")
-    assert [(Path(r["file"]).name, r["label"]) for r in rows] == [("0.png", "normal"), ("1.png", "pothole"), ("2.png", "normal")]
+    assert [(Path(r["file"]).name, r["label"]) for r in rows] == [
+        ("0.png", "normal"),
+        ("1.png", "pothole"),
+        ("2.png", "normal"),
+    ]
     assert result["frames"]["unreadable"] == 1 and result["events"] is None  # photos are not a sequence
     run(EdgeConfig(model=str(model), images=str(folder / "*.png"), out=str(tmp_path / "glob")))
     assert len(lines(tmp_path / "glob" / "predictions.jsonl")) == 3
@@ -237,7 +271,7 @@ def test_camera_that_never_opens_fails_after_its_retries(model, tmp_path, monkey
     monkeypatch.setattr(FakeCamera, "scripts", [])
     monkeypatch.setattr(FakeCamera, "opens", 0)
     monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
-    from train.errors import UsageError
+    from pothole_edge.errors import UsageError
 
     with pytest.raises(UsageError, match=r"camera 0 did not open after \d+ tries over 0.6 s; check the index"):
         run(EdgeConfig(model=str(model), camera=0, out=str(tmp_path / "run"), reconnect_timeout=0.6))
@@ -270,11 +304,40 @@ def test_stream_survives_two_server_restarts(model, tmp_path):
     needs(shutil.which("ffmpeg") is not None, "needs ffmpeg (apt-get install ffmpeg; scripts/setup.sh does)")
     clip = write_video(tmp_path / "loop.mp4", [(BRIGHT, 8), (DARK, 8)], fps=25.0)
     port = _free_port()
-    serve = ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-c:v", "mpeg4", "-g", "10", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]
+    serve = [
+        "ffmpeg",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-stream_loop",
+        "-1",
+        "-i",
+        str(clip),
+        "-c:v",
+        "mpeg4",
+        "-g",
+        "10",
+        "-f",
+        "mpegts",
+        f"tcp://127.0.0.1:{port}?listen=1",
+    ]
     out = tmp_path / "run"
     server = subprocess.Popen(serve)
     edge = subprocess.Popen(
-        [sys.executable, "-c", "from edge.cli import main; main()", "--model", str(model), "--stream", f"tcp://127.0.0.1:{port}", "--out", str(out), "--reconnect-timeout", "30"],
+        [
+            sys.executable,
+            "-c",
+            "from edge.cli import main; main()",
+            "--model",
+            str(model),
+            "--stream",
+            f"tcp://127.0.0.1:{port}",
+            "--out",
+            str(out),
+            "--reconnect-timeout",
+            "30",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -318,8 +381,30 @@ def test_sigterm_and_kill_keep_what_was_written(model, tmp_path):
     long = write_video(tmp_path / "long.mp4", [(DARK, 50), (BRIGHT, 50)] * 30)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         out = tmp_path / sig.name
-        proc = subprocess.Popen([sys.executable, "-c", "from edge.cli import main; main()", "--model", str(model), "--video", str(long), "--out", str(out), "--threads", "1"], stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: (out / "predictions.jsonl").exists() and len((out / "predictions.jsonl").read_text().splitlines()) > 150, 60, "predictions")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from edge.cli import main; main()",
+                "--model",
+                str(model),
+                "--video",
+                str(long),
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for(
+            lambda: (
+                (out / "predictions.jsonl").exists() and len((out / "predictions.jsonl").read_text().splitlines()) > 150
+            ),
+            60,
+            "predictions",
+        )
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
         rows = lines(out / "predictions.jsonl")  # every line is whole JSON, even after a kill
@@ -346,16 +431,29 @@ def test_bad_inputs_exit_2_with_one_line(model, video, tmp_path):
         (["--model", str(bare), "--video", str(video)], ["no pothole-edge metadata", "pt-export"]),
         (["--model", str(model), "--video", str(corrupt)], ["cannot decode video", "corrupt.mp4"]),
         (["--model", str(model), "--video", str(tmp_path / "none.mp4")], ["none.mp4 does not exist"]),
-        (["--model", str(model), "--camera", "97", "--reconnect-timeout", "0.5"], ["camera 97 did not open after", "--camera"]),
-        (["--model", str(model), "--video", str(video), "--out", str(blocker / "sub")], ["cannot write the output directory", "--out"]),
+        (
+            ["--model", str(model), "--camera", "97", "--reconnect-timeout", "0.5"],
+            ["camera 97 did not open after", "--camera"],
+        ),
+        (
+            ["--model", str(model), "--video", str(video), "--out", str(blocker / "sub")],
+            ["cannot write the output directory", "--out"],
+        ),
         (["--model", str(model), "--video", str(video), "--out", str(used)], ["already holds a run", "new --out"]),
         (["--model", str(model), "--images", str(tmp_path / "empty*")], ["no images in", "--images"]),
         (["--model", str(model), "--stream", "/dev/video0"], ["not a stream URL", "rtsp"]),
-        (["--model", str(model), "--video", str(video), "--device", "cuda"], ["CUDAExecutionProvider", "--allow-cpu-fallback"]),
+        (
+            ["--model", str(model), "--video", str(video), "--device", "cuda"],
+            ["CUDAExecutionProvider", "--allow-cpu-fallback"],
+        ),
         (["--model", str(model), "--video", str(video), "--stride", "0"], ["--stride must be 1 or more"]),
     ]
     for args, words in cases:
-        result = edge_run(*args, "--out", str(tmp_path / "o"), timeout=60) if "--out" not in args else edge_run(*args, timeout=60)
+        result = (
+            edge_run(*args, "--out", str(tmp_path / "o"), timeout=60)
+            if "--out" not in args
+            else edge_run(*args, timeout=60)
+        )
         assert_usage_error(result, *words)
         assert not (tmp_path / "o" / "predictions.jsonl").exists()
     assert (used / "predictions.jsonl").read_text() == kept  # nothing already written is lost
@@ -364,7 +462,17 @@ def test_bad_inputs_exit_2_with_one_line(model, video, tmp_path):
 
 
 def test_cpu_fallback_when_asked_for(model, video, tmp_path):
-    result = edge_run("--model", str(model), "--video", str(video), "--device", "cuda", "--allow-cpu-fallback", "--out", str(tmp_path / "run"))
+    result = edge_run(
+        "--model",
+        str(model),
+        "--video",
+        str(video),
+        "--device",
+        "cuda",
+        "--allow-cpu-fallback",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert result.returncode == 0, result.stderr
     assert "provider: CPUExecutionProvider (asked for cuda" in result.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["provider"] == "CPUExecutionProvider"
@@ -386,28 +494,51 @@ EDGE_VENV = ROOT / ".venv-edge"
 
 
 def test_edge_extra_alone_installs_and_runs(model, video, tmp_path):
-    needs((EDGE_VENV / "bin" / "edge-run").exists(), "needs .venv-edge, the `pip install .[edge]` environment scripts/setup.sh makes")
+    needs(
+        (EDGE_VENV / "bin" / "edge-run").exists(),
+        "needs .venv-edge, the `pip install .[edge]` environment scripts/setup.sh makes",
+    )
     python = str(EDGE_VENV / "bin" / "python")
     no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
-    result = edge_run("--model", str(model), "--video", str(video), "--out", str(tmp_path / "run"), exe=str(EDGE_VENV / "bin" / "edge-run"))
+    result = edge_run(
+        "--model",
+        str(model),
+        "--video",
+        str(video),
+        "--out",
+        str(tmp_path / "run"),
+        exe=str(EDGE_VENV / "bin" / "edge-run"),
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["events"] == 2
 
 
 def test_clip_render_and_score(model, tmp_path):
-    from edge.cli import clip_main
+    from pothole_edge.edge.cli import clip_main
 
     photos = tmp_path / "photos"
     for name, level in (("normal", DARK), ("pothole", BRIGHT)):
         (photos / name).mkdir(parents=True)
         for i in range(3):
             cv2.imwrite(str(photos / name / f"{i}.jpg"), np.full((60, 80, 3), level, np.uint8))
-    clip_main(["render", "--images", str(photos), "--out", str(tmp_path / "clip.mp4"), "--frames-per-photo", "4", "--size", "64"])
+    clip_main(
+        [
+            "render",
+            "--images",
+            str(photos),
+            "--out",
+            str(tmp_path / "clip.mp4"),
+            "--frames-per-photo",
+            "4",
+            "--size",
+            "64",
+        ]
+    )
     labels = lines_csv(tmp_path / "clip.mp4.labels.csv")
     assert len(labels) == 24 and sorted({r["label"] for r in labels}) == ["normal", "pothole"]
     run(EdgeConfig(model=str(model), video=str(tmp_path / "clip.mp4"), out=str(tmp_path / "run")))
-    from edge.clip import score
+    from pothole_edge.edge.clip import score
 
     result = score(str(tmp_path / "run"), str(tmp_path / "clip.mp4.labels.csv"))
     assert result["frames"] == 24 and result["photos"] == 6 and result["photo_agreement"] == 1.0
@@ -427,4 +558,173 @@ def test_save_video_writes_every_processed_frame(model, video, tmp_path):
     while cap.read()[0]:
         frames += 1
     cap.release()
-    assert frames == result["frames"]["processed"] == sum(n for _, n in SEGMENTS)  # --show without a display is ignored, not fatal
+    assert (
+        frames == result["frames"]["processed"] == sum(n for _, n in SEGMENTS)
+    )  # --show without a display is ignored, not fatal
+
+
+@pytest.fixture(scope="module")
+def tiled_model(tmp_path_factory) -> Path:
+    """The brightness model looking at a whole-frame tile and a 3x2 grid, pooled by max."""
+    return brightness_model(
+        tmp_path_factory.mktemp("tiled") / "model.onnx", meta=brightness_meta(grids=[[1, 1], [3, 2]])
+    )
+
+
+def _patch_frame(path: Path, x0: int, y0: int, size: int = 110) -> Path:
+    frame = np.full((240, 400, 3), DARK, np.uint8)
+    frame[y0 : y0 + size, x0 : x0 + size] = 255
+    cv2.imwrite(str(path), frame)
+    return path
+
+
+def test_a_small_pothole_is_found_by_its_tile_and_the_roi_can_exclude_it(tiled_model, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    _patch_frame(folder / "a.png", 280, 125)  # bottom right: too small to brighten the whole frame
+    whole = run(
+        EdgeConfig(
+            model=str(brightness_model(tmp_path / "whole.onnx")), images=str(folder), out=str(tmp_path / "whole")
+        )
+    )
+    assert lines(tmp_path / "whole" / "predictions.jsonl")[0]["label"] == "normal" and whole["tiles_per_frame"] == 1
+    result = run(EdgeConfig(model=str(tiled_model), images=str(folder), out=str(tmp_path / "tiled")))
+    (row,) = lines(tmp_path / "tiled" / "predictions.jsonl")
+    assert result["tiles_per_frame"] == 7 and row["label"] == "pothole"
+    x0, y0, x1, y1 = row["tile"]
+    assert x0 <= 300 and y0 <= 150 and x1 >= 370 and y1 >= 220  # the tile that decided holds the patch
+    left = run(EdgeConfig(model=str(tiled_model), images=str(folder), out=str(tmp_path / "left"), roi="0,0,0.6,1"))
+    (row,) = lines(tmp_path / "left" / "predictions.jsonl")
+    assert row["label"] == "normal" and row["tile"][2] <= 0.6 * 400 + 1 and left["view"]["region"] == [0, 0, 0.6, 1]
+    assert json.loads((tmp_path / "left" / "config.json").read_text())["roi"] == "0,0,0.6,1"
+
+
+def test_snapshots_and_the_annotated_video_draw_the_deciding_tile(tiled_model, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (400, 240))
+    for i in range(30):
+        frame = np.full((240, 400, 3), DARK, np.uint8)
+        if 10 <= i < 20:
+            frame[125:235, 280:390] = 255
+        writer.write(frame)
+    writer.release()
+    result = run(EdgeConfig(model=str(tiled_model), video=str(clip), out=str(tmp_path / "run"), save_video=True))
+    assert result["events"] == 1 and result["events_per_1000_frames"] == pytest.approx(1000 / 30, abs=0.01)
+    (event,) = [e for e in lines(tmp_path / "run" / "events.jsonl") if e["status"] == "closed"]
+    x0, y0, x1, y1 = (int(v) for v in event["peak_tile"])
+    snap = cv2.imread(str(tmp_path / "run" / "snapshots" / "event_00001.jpg"))
+    edge = snap[max(y0, 0) : y1, max(x0, 0) : max(x0, 0) + 2].astype(int)
+    assert (edge[..., 2] - edge[..., 1] > 100).mean() > 0.8  # a red line along the tile's left side
+    assert cv2.VideoCapture(str(tmp_path / "run" / "annotated.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 30
+
+
+def test_live_frames_are_cut_into_tiles_only_when_chosen(tmp_path):
+    import threading
+
+    from pothole_edge.edge.reader import Reader
+    from pothole_edge.edge.sources import Frame
+
+    class Burst:
+        live = True
+
+        def frames(self, stop):
+            for i in range(200):
+                yield Frame(i, float(i), np.zeros((8, 8, 3), np.uint8), 0.0)
+                time.sleep(0.0005)
+
+    cut = []
+
+    def preprocess(frame):
+        cut.append(frame.index)
+        time.sleep(0.01)  # slower than the camera
+        return np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1, 4))
+
+    stop = threading.Event()
+    reader = Reader(Burst(), preprocess, stop).start()
+    taken = []
+    while (item := reader.next()) is not None:
+        taken.append(item[0].index)
+        time.sleep(0.01)
+    reader.join()
+    assert reader.read == 200 and reader.dropped > 100
+    assert len(cut) <= len(taken) + 1  # nothing is preprocessed only to be dropped
+    assert taken == sorted(taken) and set(taken) <= set(cut)
+
+
+def test_threads_are_capped_at_the_usable_cores(model, video, tmp_path):
+    from pothole_edge.system import usable_cores
+
+    result = run(
+        EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), threads=100000, max_frames=3)
+    )
+    assert result["threads"] == usable_cores() and result["frames"]["processed"] == 3
+
+
+def test_out_is_claimed_atomically_and_a_run_that_never_starts_leaves_nothing(model, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pothole_edge.edge.record import claim_out
+    from pothole_edge.errors import UsageError
+
+    def attempt(path):
+        try:
+            return claim_out(path)
+        except UsageError:
+            return None
+
+    for trial in range(30):
+        with ThreadPoolExecutor(4) as pool:
+            won = [c for c in pool.map(attempt, [tmp_path / f"race{trial}"] * 4) if c is not None]
+        assert len(won) == 1
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    (partial / "annotated.mp4").write_bytes(b"x")
+    with pytest.raises(UsageError, match="already holds a run"):
+        claim_out(partial)
+    monkeypatch.setattr(FakeCamera, "scripts", [])
+    monkeypatch.setattr(FakeCamera, "opens", 0)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    with pytest.raises(UsageError, match="did not open"):
+        run(EdgeConfig(model=str(model), camera=0, out=str(tmp_path / "new" / "run"), reconnect_timeout=0.3))
+    assert not (tmp_path / "new").exists()
+
+
+def test_model_arguments_a_user_gets_wrong(model, video, tmp_path):
+    run_dir = tmp_path / "run-dir"
+    run_dir.mkdir()
+    shutil.copy(model, run_dir / "model.onnx")
+    result = edge_run("--model", str(run_dir), "--video", str(video), "--out", str(tmp_path / "a"))
+    assert result.returncode == 0 and f"model: {run_dir / 'model.onnx'}" in result.stderr
+    (run_dir / "model.pt").write_bytes(b"PK\x03\x04" + os.urandom(200))
+    assert_usage_error(
+        edge_run("--model", str(run_dir / "model.pt"), "--video", str(video)), "PyTorch checkpoint", "pt-export"
+    )
+    assert_usage_error(edge_run("--model", str(tmp_path), "--video", str(video)), "holds no model.onnx")
+    assert_usage_error(edge_run("--model", str(model), "--video", str(tmp_path)), "is a directory", "--images")
+    assert_usage_error(edge_run("--model", str(model), "--video", "/dev/zero"), "not a regular file")
+    assert_usage_error(edge_run("--model", str(model), "--video", str(video), "--max-frames", "-1"), "--max-frames")
+    assert_usage_error(
+        edge_run("--model", str(model), "--video", str(video), "--threads", "-1"), "--threads must be 1 or more"
+    )
+    assert_usage_error(edge_run("--model", str(model), "--video", str(video), "--roi", "0,0,1"), "--roi")
+    assert_usage_error(
+        edge_run("--model", str(model)), "one of the arguments --camera --video --stream --images is required", "--help"
+    )
+
+
+def test_edge_install_says_which_extra_the_training_commands_need():
+    needs(
+        (EDGE_VENV / "bin" / "pt-train").exists(),
+        "needs .venv-edge, the `pip install .[edge]` environment scripts/setup.sh makes",
+    )
+    for command, extra in (
+        ("pt-train", "train"),
+        ("pt-eval", "train"),
+        ("pt-export", "export"),
+        ("pt-bench", "export"),
+    ):
+        result = subprocess.run(
+            [str(EDGE_VENV / "bin" / command), "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert_usage_error(result, f"{command} needs the '{extra}' extra", f"pip install 'pothole-edge[{extra}]'")

@@ -9,14 +9,15 @@ import onnx
 import pytest
 import torch
 
-from export import graph, metadata
-from export.config import ExportConfig
-from export.run import GateFailed, export
+from pothole_edge import metadata
+from pothole_edge.export import graph
+from pothole_edge.export.config import ExportConfig
+from pothole_edge.export.run import GateFailed, export
 from tests.test_cli import assert_usage_error, run
-from train import checkpoint
-from train.config import EvalConfig
-from train.errors import UsageError
-from train.evaluate import evaluate
+from pothole_edge.train import checkpoint
+from pothole_edge.train.config import EvalConfig
+from pothole_edge.errors import UsageError
+from pothole_edge.train.evaluate import evaluate
 
 
 @pytest.fixture
@@ -36,17 +37,18 @@ def test_round_trip(run_dir, tmp_path):
     assert report == json.loads(json.dumps(result))
     assert json.loads((tmp_path / "export_config.json").read_text())["opset"] == 17
 
-    from export.ort import cpu_session
+    from pothole_edge.session import open_session
 
-    session = cpu_session(path)
+    session = open_session(path).session
     for batch in (1, 3):  # dynamic batch axis
         probs = session.run(None, {"image": np.zeros((batch, 32, 32, 3), np.uint8)})[0]
         assert probs.shape == (batch, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     meta = metadata.read(path)
-    ckpt = torch.load(run_dir / "model.pt", weights_only=True)
-    assert meta["class_names"] == ckpt["class_names"] and meta["threshold"] == ckpt["threshold"]
-    assert meta["preprocess"]["mean"] == ckpt["preprocess"]["mean"] and meta["input"]["layout"] == "NHWC"
-    assert meta["opset"] == 17 and len(meta["checkpoint_sha256"]) == 64
+    spec = torch.load(run_dir / "model.pt", weights_only=True)["spec"]
+    for key in ("class_names", "threshold", "threshold_method", "preprocess", "view", "arch", "positive_index"):
+        assert meta[key] == spec[key], key  # one value, the checkpoint's, carried over whole
+    assert meta["input"]["layout"] == "NHWC" and meta["opset"] == 17 and len(meta["checkpoint_sha256"]) == 64
+    assert report["tiles_per_frame"] == 5 and report["reports"][0]["tiles"] == 5 * report["frames"]
 
 
 @pytest.mark.parametrize("block_onnx", [False, True])
@@ -54,8 +56,8 @@ def test_metadata_reads_without_torch(run_dir, tmp_path, block_onnx):
     export(ExportConfig(str(run_dir), out=str(tmp_path), speed_runs=3))
     code = (
         "import sys, json\n"
-        + ("sys.modules['onnx'] = None\n" if block_onnx else "")
-        + "from export import metadata\n"
+        + ("sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None\n" if block_onnx else "")
+        + "from pothole_edge import metadata\n"
         f"meta = metadata.read({str(tmp_path / 'model.onnx')!r})\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print(json.dumps(meta['class_names']))\n"
@@ -65,7 +67,15 @@ def test_metadata_reads_without_torch(run_dir, tmp_path, block_onnx):
     assert json.loads(result.stdout) == ["normal", "pothole"]
 
 
-def test_gate_fails_on_a_perturbed_model_and_leaves_no_passing_file(run_dir, tmp_path, monkeypatch):
+def _with_int8(run_dir, out, **kw) -> ExportConfig:
+    """A 3-epoch toy model on a few test images: the accuracy gates are opened, the mechanics are what is tested."""
+    gates = dict(int8_max_accuracy_drop=1.0, int8_max_auc_drop=1.0, speed_runs=3, calibration_images=8)
+    return ExportConfig(str(run_dir), out=str(out), int8=True, **(gates | kw))
+
+
+def test_gate_fails_on_a_perturbed_model_and_keeps_the_previous_export(run_dir, tmp_path, monkeypatch):
+    export(_with_int8(run_dir, tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     real = graph.to_onnx
 
     def perturbed(module, path, opset, crop):
@@ -78,34 +88,74 @@ def test_gate_fails_on_a_perturbed_model_and_leaves_no_passing_file(run_dir, tmp
         onnx.save(model, str(path))
 
     monkeypatch.setattr(graph, "to_onnx", perturbed)
-    with pytest.raises(GateFailed, match="pytorch vs ort fp32"):
-        export(ExportConfig(str(run_dir), out=str(tmp_path), simplify=False))
-    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "parity.json").exists()
-    assert (tmp_path / "model.onnx.failed").exists()
-    failed = json.loads((tmp_path / "parity.failed.json").read_text())
+    with pytest.raises(GateFailed, match="pytorch vs ort fp32.*unchanged"):
+        export(ExportConfig(str(run_dir), out=str(tmp_path), simplify=False, opset=16))
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # model.onnx, model.int8.onnx, parity.json and export_config.json as they were
+    assert sorted(p.name for p in (tmp_path / "export.failed").iterdir()) == [
+        "export_config.json",
+        "model.onnx.failed",
+        "parity.json",
+    ]
+    failed = json.loads((tmp_path / "export.failed" / "parity.json").read_text())
     assert not failed["passed"] and failed["reports"][0]["failures"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]  # no staging left behind
+
+
+def test_a_new_export_replaces_the_whole_set(run_dir, tmp_path):
+    export(_with_int8(run_dir, tmp_path))
+    assert (tmp_path / "model.int8.onnx").is_file()
+    export(ExportConfig(str(run_dir), out=str(tmp_path), speed_runs=3))
+    assert not (tmp_path / "model.int8.onnx").exists()  # parity.json no longer vouches for it
+    assert [r["name"] for r in json.loads((tmp_path / "parity.json").read_text())["reports"]] == ["pytorch vs ort fp32"]
 
 
 def test_int8_and_fp16_variants_carry_their_own_proof(run_dir, tmp_path):
-    # a 3-epoch toy model on 8 test images: the accuracy gate is opened, the mechanics are what is tested
-    result = export(ExportConfig(str(run_dir), out=str(tmp_path), int8=True, fp16=True, int8_max_accuracy_drop=1.0, int8_max_auc_drop=1.0, fp16_prob_tol=1.0, speed_runs=3, calibration_images=8))
+    result = export(_with_int8(run_dir, tmp_path, int8_trt=True, fp16=True, fp16_prob_tol=1.0))
     names = [r["name"] for r in result["reports"]]
-    assert names == ["pytorch vs ort fp32", "pytorch vs ort int8", "pytorch vs ort fp16 (cpu)"]
+    assert names == [
+        "pytorch vs ort fp32",
+        "pytorch vs ort int8",
+        "pytorch vs ort int8-trt",
+        "pytorch vs ort fp16 (cpu)",
+    ]
     int8 = onnx.load(str(tmp_path / "model.int8.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
-    assert metadata.read(tmp_path / "model.int8.onnx")["variant"] == "int8"
+    meta = metadata.read(tmp_path / "model.int8.onnx")
+    from pothole_edge.system import int8_reduce_range_default
+
+    assert meta["variant"] == "int8" and meta["int8"]["reduce_range"] == int8_reduce_range_default()[0]
+    assert (
+        json.loads((tmp_path / "export_config.json").read_text())["int8_reduce_range"] == int8_reduce_range_default()[0]
+    )
+    trt = onnx.load(str(tmp_path / "model.int8-trt.onnx"))
+    zero_points = [onnx.numpy_helper.to_array(i) for i in trt.graph.initializer if i.name.endswith("zero_point")]
+    assert zero_points and all(
+        z.dtype == np.int8 and not z.any() for z in zero_points
+    )  # signed, symmetric: what TensorRT takes
+    assert not [i.name for i in trt.graph.initializer if i.data_type == onnx.TensorProto.INT32]  # biases stay float
+    assert metadata.read(tmp_path / "model.int8-trt.onnx")["variant"] == "int8-trt"
     fp16 = onnx.load(str(tmp_path / "model.fp16.onnx"))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert result["cpu_batch1_latency"]["int8_speedup"] > 0
+    assert result["cpu_frame_latency"]["int8_speedup"] > 0 and result["cpu_frame_latency"]["tiles_per_frame"] == 5
 
 
 def test_pt_eval_on_onnx_matches_the_checkpoint(run_dir, shared_folder, tmp_path):
     export(ExportConfig(str(run_dir), out=str(tmp_path / "x"), speed_runs=3))
-    a = evaluate(EvalConfig(model=str(run_dir / "model.pt"), data=str(shared_folder), out=str(tmp_path / "pt"), workers=0))
-    b = evaluate(EvalConfig(model=str(tmp_path / "x" / "model.onnx"), data=str(shared_folder), out=str(tmp_path / "onnx"), workers=0))
+    a = evaluate(
+        EvalConfig(model=str(run_dir / "model.pt"), data=str(shared_folder), out=str(tmp_path / "pt"), workers=0)
+    )
+    b = evaluate(
+        EvalConfig(
+            model=str(tmp_path / "x" / "model.onnx"), data=str(shared_folder), out=str(tmp_path / "onnx"), workers=0
+        )
+    )
     assert a["confusion_matrix"] == b["confusion_matrix"] and a["n"] == b["n"] == 28
+    pa = (tmp_path / "pt" / "predictions.csv").read_text().splitlines()
+    pb = (tmp_path / "onnx" / "predictions.csv").read_text().splitlines()
+    assert [r.split(",")[4:] for r in pa] == [r.split(",")[4:] for r in pb]  # the same hottest tiles
     for k in ("accuracy", "roc_auc", "average_precision"):
         assert a[k] == pytest.approx(b[k], abs=1e-4)
     assert (tmp_path / "onnx" / "roc_curve.png").is_file()
@@ -118,7 +168,10 @@ def test_bad_inputs(run_dir, tmp_path):
         export(ExportConfig(str(not_ckpt)))
     ckpt = torch.load(run_dir / "model.pt", weights_only=True)
     (tmp_path / "odd").mkdir()
-    checkpoint.save({k: v for k, v in ckpt.items() if k not in ("format", "version")} | {"arch": "vgg16"}, tmp_path / "odd" / "model.pt")
+    checkpoint.save(
+        {k: v for k, v in ckpt.items() if k not in ("format", "version")} | {"spec": ckpt["spec"] | {"arch": "vgg16"}},
+        tmp_path / "odd" / "model.pt",
+    )
     with pytest.raises(UsageError, match="unknown arch 'vgg16'"):
         export(ExportConfig(str(tmp_path / "odd")))
     for opset in (12, 99):
@@ -137,7 +190,11 @@ def test_cli_exit_codes(run_dir, tmp_path):
     model = onnx.load(str(bare))
     del model.metadata_props[:]
     onnx.save(model, str(bare))
-    assert_usage_error(run("pt-eval", str(bare), "--data", str(tmp_path), "--out", str(tmp_path / "e")), "no pothole-edge metadata", "pt-export")
+    assert_usage_error(
+        run("pt-eval", str(bare), "--data", str(tmp_path), "--out", str(tmp_path / "e")),
+        "no pothole-edge metadata",
+        "pt-export",
+    )
 
 
 def _exported(run_dir, tmp_path):
@@ -145,30 +202,10 @@ def _exported(run_dir, tmp_path):
     return tmp_path / "ok" / "model.onnx"
 
 
-def test_edge_opencv_preprocessing_matches_training_geometry(tmp_path):
-    """Same size and crop arithmetic as torchvision; only the resampling filter may differ slightly."""
-    from PIL import Image
-
-    from edge.preprocess import read_image, to_input
-    from export.inputs import load_inputs
-    from tests.conftest import photo
-
-    spec = {"resize": 37, "crop": 32, "interpolation": "bilinear", "antialias": True, "mean": [0.5] * 3, "std": [0.5] * 3}
-    for i, size in enumerate([(120, 80), (80, 120), (64, 64), (30, 20)]):
-        path = tmp_path / f"{i}.png"
-        photo(True, i, 128).resize(size).save(path)
-        pil = load_inputs([path], spec)[0]
-        cv = to_input(read_image(str(path)), spec)
-        assert cv.shape == pil.shape == (32, 32, 3)
-        assert np.abs(pil.astype(int) - cv).mean() < 6  # same pixels, slightly different filters
-    rgba = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
-    rgba.save(tmp_path / "clear.png")
-    assert read_image(str(tmp_path / "clear.png")).min() == 255  # transparent reads as white, as in training
-    (tmp_path / "junk.jpg").write_bytes(b"junk")
-    assert read_image(str(tmp_path / "junk.jpg")) is None
-
-
 def test_edge_imports_without_torch():
-    code = "import sys; import edge, edge.preprocess, export.metadata; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    code = (
+        "import sys; import pothole_edge.edge.runner, pothole_edge.metadata, pothole_edge.preprocess\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

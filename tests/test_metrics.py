@@ -1,65 +1,74 @@
+"""The glue around scikit-learn's metrics: the threshold rules, one-class reports, and the PR plot."""
+
 import numpy as np
 import pytest
-from sklearn import metrics as sk
 
-from train import metrics
-
-CASES = [
-    # (labels, scores): ties, perfect ranking, inverted ranking, a mix
-    ([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]),
-    ([0, 1, 1, 0, 1, 0, 1], [0.5, 0.5, 0.9, 0.2, 0.5, 0.7, 0.1]),
-    ([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.9]),
-    ([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]),
-]
+from pothole_edge.train import metrics, plots
 
 
-@pytest.mark.parametrize("labels, scores", CASES)
-def test_ranking_metrics_match_sklearn(labels, scores):
-    y, s = np.array(labels), np.array(scores)
-    assert metrics.roc_auc(y, s) == pytest.approx(sk.roc_auc_score(y, s))
-    assert metrics.average_precision(y, s) == pytest.approx(sk.average_precision_score(y, s))
-    fpr, tpr, _ = metrics.roc_curve(y, s)
-    sk_fpr, sk_tpr, _ = sk.roc_curve(y, s, drop_intermediate=False)
-    np.testing.assert_allclose(fpr, sk_fpr)
-    np.testing.assert_allclose(tpr, sk_tpr)
-
-
-def test_random_vectors_match_sklearn():
-    rng = np.random.default_rng(1)
-    for _ in range(100):
-        y = rng.integers(0, 2, 40)
-        y[:2] = [0, 1]
-        s = np.round(rng.random(40), 1)  # coarse scores: many ties
-        assert metrics.roc_auc(y, s) == pytest.approx(sk.roc_auc_score(y, s))
-        assert metrics.average_precision(y, s) == pytest.approx(sk.average_precision_score(y, s))
-
-
-def test_threshold_metrics_match_sklearn():
+def test_threshold_metrics_and_false_positives_per_1000():
     y = np.array([0, 0, 0, 1, 1, 1, 1, 0])
     p = np.array([0.1, 0.6, 0.3, 0.7, 0.4, 0.9, 0.8, 0.2])
     m = metrics.binary_metrics(y, p, 0.5, ("normal", "pothole"))
-    pred = p >= 0.5
-    assert m["confusion_matrix"] == sk.confusion_matrix(y, pred).tolist() == [[3, 1], [1, 3]]
-    assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, pred))
-    assert m["precision"] == pytest.approx(sk.precision_score(y, pred))
-    assert m["sensitivity"] == pytest.approx(sk.recall_score(y, pred))
-    assert m["specificity"] == pytest.approx(sk.recall_score(y, pred, pos_label=0))
-    assert m["f1"] == pytest.approx(sk.f1_score(y, pred))
-    assert m["n"] == 8 and m["class_names"] == ["normal", "pothole"]
+    assert m["confusion_matrix"] == [[3, 1], [1, 3]] and m["accuracy"] == 0.75
+    assert m["specificity"] == 0.75 and m["false_positives_per_1000_negatives"] == 250.0
+    assert m["roc_auc"] == pytest.approx(0.9375) and m["at_0.5"]["threshold"] == 0.5
 
 
 def test_one_class_reports_what_exists_and_why_the_rest_is_absent():
     m = metrics.binary_metrics(np.zeros(4, int), np.array([0.1, 0.7, 0.2, 0.3]), 0.5, ("normal", "pothole"))
-    assert m["specificity"] == 0.75 and m["false_positive_rate"] == 0.25
+    assert (
+        m["specificity"] == 0.75
+        and m["false_positive_rate"] == 0.25
+        and m["false_positives_per_1000_negatives"] == 250.0
+    )
     assert m["sensitivity"] is None and m["roc_auc"] is None and m["average_precision"] is None
-    assert "both classes" in m["undefined"]["roc_auc"]
+    assert "both classes" in m["undefined"]["roc_auc"] and "f1" not in m
     m = metrics.binary_metrics(np.ones(3, int), np.array([0.9, 0.2, 0.8]), 0.5, ("normal", "pothole"))
     assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] is None
 
 
-def test_threshold_choice_separates_validation_and_prefers_half():
+def test_max_fpr_threshold_keeps_false_alarms_within_budget():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(200, int), np.ones(50, int)]
+    p = np.r_[rng.beta(2, 5, 200), rng.beta(5, 2, 50)]
+    for budget in (0.0, 0.02, 0.1):
+        t, how = metrics.choose_threshold(y, p, "max-fpr", budget)
+        fpr = (p[y == 0] >= t).mean()
+        assert fpr <= budget and "max-fpr" in how
+        # the lowest such threshold: the next negative below it would break the budget
+        below = np.sort(p[(y == 0) & (p < t)])
+        if below.size:
+            assert ((p[y == 0] >= below[-1]).mean()) > budget
+    assert metrics.choose_threshold(y, p, "max-fpr", 0.1)[0] < metrics.choose_threshold(y, p, "max-fpr", 0.0)[0]
+
+
+def test_youden_separates_validation_and_prefers_half():
     y = np.array([0, 0, 0, 1, 1, 1])
-    t = metrics.choose_threshold(y, np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.9]))
-    assert 0.2 < t <= 0.3
-    assert metrics.choose_threshold(y, np.array([0.0, 0.1, 0.2, 0.8, 0.9, 1.0])) == 0.5
-    assert metrics.choose_threshold(np.zeros(3, int), np.array([0.1, 0.2, 0.3])) == 0.5
+    t, _ = metrics.choose_threshold(y, np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.9]), "youden")
+    assert 0.2 < t < 0.3
+    t, _ = metrics.choose_threshold(y, np.array([0.0, 0.1, 0.2, 0.8, 0.9, 1.0]), "youden")
+    assert 0.2 < t < 0.8
+    assert metrics.choose_threshold(np.ones(3, int), np.array([0.1, 0.2, 0.3]), "youden")[0] == 0.5
+
+
+def test_pr_curve_is_drawn_monotone_in_recall(tmp_path, monkeypatch):
+    drawn = {}
+    real_save = plots._save
+
+    def keep(fig, path):
+        drawn["line"] = fig.axes[0].lines[0]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    y = np.array([0, 1, 1, 0, 1, 0, 1, 1])
+    p = np.array([0.2, 0.9, 0.4, 0.6, 0.8, 0.1, 0.7, 0.95])
+    precision, recall, _ = metrics.pr_curve(y, p)
+    plots.pr(precision, recall, 0.9, y.mean(), tmp_path / "pr.png")
+    x, yy = np.asarray(drawn["line"].get_xdata()), np.asarray(drawn["line"].get_ydata())
+    assert np.all(np.diff(x) <= 0)  # one sweep from recall 1 to 0, never back
+    assert x[0] == 1 and x[-1] == 0 and yy[-1] == 1 and drawn["line"].get_drawstyle() == "steps-post"
+    precision, recall, _ = metrics.pr_curve(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
+    plots.pr(precision, recall, 1.0, 0.5, tmp_path / "perfect.png")
+    x, yy = np.asarray(drawn["line"].get_xdata()), np.asarray(drawn["line"].get_ydata())
+    assert np.all(yy[x < 1] == 1)  # AP 1 runs along precision 1, not along 0.5 and up the axis

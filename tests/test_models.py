@@ -4,8 +4,8 @@ import urllib.error
 import pytest
 import torch
 
-from train import models
-from train.errors import UsageError
+from pothole_edge.train import models
+from pothole_edge.errors import UsageError
 
 
 def test_lite0_imagenet_weights_come_from_the_pip_package():
@@ -81,8 +81,12 @@ def test_bad_arch_or_weights(tmp_path, arch, weights, message):
         models.build_model(arch, weights)
 
 
-def test_preprocess_spec_is_plain_and_scales_with_size():
-    spec = models.resolve_preprocess("resnet50")
-    assert (spec["resize"], spec["crop"], spec["channel_order"]) == (256, 224, "RGB")
-    assert models.resolve_preprocess("efficientnet_lite0", 64)["crop"] == 64
+def test_preprocess_comes_from_the_weights_own_config():
+    spec = models.resolve_preprocess("resnet50")  # torchvision's IMAGENET1K_V2 transforms
+    assert (spec["resize"], spec["crop"], spec["interpolation"]) == (232, 224, "bilinear")
+    assert spec["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    lite = models.resolve_preprocess("efficientnet_lite0")  # timm's config for the TF-ported weights
+    assert (lite["resize"], lite["crop"], lite["interpolation"], lite["mean"]) == (256, 224, "bicubic", [0.5, 0.5, 0.5])
+    small = models.resolve_preprocess("efficientnet_lite0", 64)
+    assert (small["crop"], small["resize"]) == (64, 73)
     assert all(type(v) in (int, float, str, bool, list) for v in spec.values())

@@ -1,7 +1,4 @@
-"""Training stage: labelled road photos in, a self-describing checkpoint and its test metrics out.
+"""Training stage: labelled road photos and dashcam frames in, a self-describing checkpoint and its test metrics out.
 
-This package imports torch only inside the functions that need it, so `train.config`,
-`train.metrics` and the data index stay importable on machines without torch.
+torch is imported inside the modules that need it; `pothole_edge.train.config` and `.data` stay light.
 """
-
-__version__ = "0.1.0"

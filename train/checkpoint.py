@@ -1,17 +1,28 @@
-"""Self-describing checkpoints in plain types, written atomically, read with weights_only=True."""
+"""Self-describing checkpoints in plain types, written atomically, read with weights_only=True.
+
+A checkpoint carries the model's spec (`pothole_edge.spec`: class names, preprocessing, view,
+threshold), the state dict, the resolved config, the split manifest's hash and the test metrics.
+Each file gets a `.sha256` beside it: torch.load does not notice flipped bits inside its zip, so the
+checksum is what tells a damaged checkpoint from a good one. The training state keeps the previous
+epoch's file too, so a damaged last.pt falls back to it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from train.errors import UsageError
-from train.fileio import atomic_write
+from pothole_edge import spec as specs
+from pothole_edge.errors import UsageError
+from pothole_edge.fileio import atomic_write, write_text
 
+log = logging.getLogger("pt-train")
 FORMAT = "pothole-edge.checkpoint"
-VERSION = 1
+VERSION = 2
 LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"  # inside a run directory
-REQUIRED = ("arch", "class_names", "positive_index", "preprocess", "state_dict")
 
 
 def _check_plain(value: Any, where: str = "checkpoint") -> None:
@@ -28,40 +39,123 @@ def _check_plain(value: Any, where: str = "checkpoint") -> None:
         raise TypeError(f"{where} is a {type(value).__name__}; checkpoints hold plain types only")
 
 
-def save(obj: dict[str, Any], path: str | Path) -> Path:
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save(obj: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
+    """Write `path` atomically, then its checksum. With `keep_previous`, the file it replaces (if it
+    verifies) is kept as PREVIOUS first, so a crash or a damaged write still leaves one good state."""
     import torch
 
     _check_plain(obj)
-    return atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION} | obj, tmp))
+    path = Path(path)
+    if keep_previous and path.is_file() and verify(path):
+        previous = previous_path(path)
+        os.replace(path, previous)
+        os.replace(checksum_path(path), checksum_path(previous))
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION} | obj, tmp))
+    write_text(checksum_path(path), f"{_digest(path)}  {path.name}\n")
+    return path
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".previous" + path.suffix)
+
+
+def verify(path: Path) -> bool | None:
+    """True when the file matches its .sha256, False when it does not, None when it has none."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        return sidecar.read_text(encoding="utf-8").split()[0] == _digest(path)
+    except (OSError, IndexError, UnicodeDecodeError):
+        return False
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """Any checkpoint file of ours (model.pt or a training state), or UsageError."""
+    import torch
+
+    path = Path(path)
+    if verify(path) is False:
+        raise UsageError(
+            f"{path} is damaged: it does not match its checksum {checksum_path(path).name}; use a good copy, or retrain"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # garbage bytes make the unpickler raise almost anything (KeyError, IndexError, ...)
+        raise UsageError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}); it is damaged or not from pt-train"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a pothole-edge checkpoint; make one with pt-train")
+    if not isinstance(obj.get("version"), int) or obj["version"] > VERSION:
+        raise UsageError(
+            f"{path} has checkpoint version {obj.get('version')!r}, newer than this pt-train reads ({VERSION}); "
+            "upgrade pothole-edge"
+        )
+    return obj
+
+
+def read_state(path: Path) -> tuple[dict[str, Any], Path]:
+    """The training state to resume from: `path`, or the previous epoch's when `path` is damaged."""
+    previous = previous_path(path)
+    try:
+        return read(path), path
+    except UsageError as damaged:
+        if not previous.is_file():
+            raise UsageError(f"{damaged}; there is no earlier training state to resume from") from None
+        log.warning("%s; resuming from %s, one epoch earlier", damaged, previous.name)
+        return read(previous), previous
+
+
+def _upgrade(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept the spec's fields at the top level and had no view."""
+    if obj["version"] >= 2:
+        return obj
+    old = {k: obj.get(k) for k in ("class_names", "positive_index", "preprocess")}
+    old |= {"schema_version": 1, "threshold": obj.get("threshold", 0.5), "arch": obj.get("arch", "unknown")}
+    return obj | {"spec": old}
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint, refusing anything that is not one of ours with a clear message."""
-    import torch
-
+    """A finished model (a run directory or its model.pt) with its checked spec under "spec"."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist; pass a run directory or its model.pt")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # garbage bytes make the unpickler raise almost anything (KeyError, IndexError, ...)
-        raise UsageError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a pothole-edge checkpoint; make one with pt-train")
-    if obj.get("version", 0) > VERSION:
-        raise UsageError(f"{path} has checkpoint version {obj['version']}, newer than this pt-train reads ({VERSION}); upgrade pothole-edge")
-    missing = [k for k in REQUIRED if k not in obj]
-    if missing:
-        raise UsageError(f"checkpoint {path} lacks {', '.join(missing)}")
+    obj = _upgrade(read(path))
+    if "state_dict" not in obj or "spec" not in obj:
+        raise UsageError(
+            f"checkpoint {path} lacks {'state_dict' if 'state_dict' not in obj else 'spec'}; is it a training state? "
+            "Use the run's model.pt"
+        )
+    obj["spec"] = specs.validate(obj["spec"], str(path))
     return obj
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> "Any":
-    from train.models import check_arch, create_model
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
+    """The network as deployed (uint8 tiles in, logits out), in eval mode."""
+    from pothole_edge.train.models import check_arch, create_model, normalized
 
-    check_arch(ckpt["arch"])
-    model = create_model(ckpt["arch"], num_classes=len(ckpt["class_names"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    spec = ckpt["spec"]
+    check_arch(spec["arch"])
+    model = create_model(spec["arch"], num_classes=len(spec["class_names"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise UsageError(
+            f"the checkpoint's weights do not fit {spec['arch']} ({str(e).splitlines()[0][:100]}); it is damaged"
+        ) from None
+    return normalized(model, spec["preprocess"]).eval()

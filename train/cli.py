@@ -3,91 +3,131 @@
 from __future__ import annotations
 
 import logging
-import sys
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from train.config import EvalConfig, TrainConfig
-from train.errors import UsageError
+from pothole_edge.cli import default, given, main_click, run
+from pothole_edge.train.config import ARCH_CHOICES, CLASS_WEIGHTS, LABELS, THRESHOLD_RULES, EvalConfig, TrainConfig
+
+T, E = TrainConfig, EvalConfig
+SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 
 
-def _run(fn: Callable[[], Any], interrupted: str = "interrupted") -> None:
-    """User mistakes become one line on stderr and exit code 2; Ctrl-C exits 130."""
-    # libraries stay at WARNING: onnxruntime's quantiser alone logs hundreds of INFO lines
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    for ours in ("pt-train", "pt-eval", "pt-export", "train", "export"):
-        logging.getLogger(ours).setLevel(logging.INFO)
-    try:
-        fn()
-    except UsageError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo(interrupted, err=True)
-        sys.exit(130)
+def _d(config: type, name: str) -> str:
+    return f"  [default: {default(config, name)}]"
 
 
-def _given(**options: Any) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if v is not None}
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--data", help="Folder with normal/ and pothole/ (or train/val/test/ inside), or 'demo' for the synthetic set.")
-@click.option("--out", help="Run directory.  [default: runs/train]")
-@click.option("--arch", help="resnet50 or efficientnet_lite0.  [default: resnet50; efficientnet_lite0 for --data demo]")
+@click.command("pt-train", context_settings=SETTINGS)
+@click.option(
+    "--data",
+    multiple=True,
+    help=(
+        "Folder with normal/ and pothole/ (or train/val/test/ inside), or 'demo' for the synthetic set. Give it "
+        "more than once to train on several."
+    ),
+)
+@click.option("--out", help="Run directory.  [default: runs/train, or the next free runs/trainN]")
+@click.option("--arch", type=click.Choice(ARCH_CHOICES), help="[default: resnet50; efficientnet_lite0 for --data demo]")
 @click.option("--weights", help="imagenet, none, or a path to a state dict or checkpoint.  [default: imagenet]")
 @click.option("--positive", help="Name of the positive class folder.  [default: pothole or potholes]")
-@click.option("--img-size", type=int, help="Input crop size.  [default: the arch's own, 224]")
-@click.option("--epochs", type=int, help="Most epochs.  [default: 30]")
-@click.option("--batch-size", type=int, help="[default: 32]")
+@click.option("--img-size", type=int, help="Model input side, in pixels.  [default: the weights' own, 224]")
+@click.option("--grids", help="The view's tile levels, cols x rows, 1x1 being the whole frame." + _d(T, "grids"))
+@click.option("--overlap", type=float, help="Least overlap between neighbouring tiles." + _d(T, "overlap"))
+@click.option("--region", help="The part of the frame the model looks at: x0,y0,x1,y1 fractions." + _d(T, "region"))
+@click.option(
+    "--labels",
+    type=click.Choice(LABELS),
+    help="Tile labels from boxes.csv where a root has one (else MIL), or MIL everywhere." + _d(T, "labels"),
+)
+@click.option("--group-column", help="frames.csv column whose frames share a split." + _d(T, "group_column"))
+@click.option("--epochs", type=int, help="Most epochs." + _d(T, "epochs"))
+@click.option("--batch-size", type=int, help="Tiles per step." + _d(T, "batch_size"))
 @click.option("--lr", type=float, help="Adam learning rate.  [default: 3e-4 with pretrained weights, 1e-3 without]")
-@click.option("--weight-decay", type=float, help="[default: 1e-5]")
-@click.option("--patience", type=int, help="Early stopping: epochs without val-loss gain.  [default: 5]")
-@click.option("--min-delta", type=float, help="Early stopping: smallest val-loss drop that counts.  [default: 1e-4]")
-@click.option("--lr-patience", type=int, help="Epochs without gain before the learning rate drops 0.3x.  [default: 2]")
-@click.option("--class-weight", type=click.Choice(["none", "balanced"]), help="[default: none]")
-@click.option("--val-fraction", type=float, help="[default: 0.15]")
-@click.option("--test-fraction", type=float, help="[default: 0.15]")
-@click.option("--seed", type=int, help="[default: 0]")
-@click.option("--workers", type=int, help="Data-loading processes.  [default: 0 on 2 cores or fewer, else half the cores, at most 4]")
-@click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--weight-decay", type=float, help=_d(T, "weight_decay").strip())
+@click.option("--patience", type=int, help="Early stopping: epochs without val-loss gain." + _d(T, "patience"))
+@click.option(
+    "--min-delta", type=float, help="Early stopping: smallest val-loss drop that counts." + _d(T, "min_delta")
+)
+@click.option(
+    "--lr-patience", type=int, help="Epochs without gain before the learning rate drops 0.3x." + _d(T, "lr_patience")
+)
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help=_d(T, "class_weight").strip())
+@click.option(
+    "--threshold-rule",
+    type=click.Choice(THRESHOLD_RULES),
+    help="How the threshold is chosen on validation." + _d(T, "threshold_rule"),
+)
+@click.option(
+    "--max-fpr",
+    type=float,
+    help="False-positive rate allowed on validation negatives (max-fpr rule)." + _d(T, "max_fpr"),
+)
+@click.option(
+    "--hard-negatives",
+    type=int,
+    help="Frames of each kind re-scored each epoch for their hottest tile: hard negatives and MIL positives."
+    + _d(T, "hard_negatives"),
+)
+@click.option("--val-fraction", type=float, help=_d(T, "val_fraction").strip())
+@click.option("--test-fraction", type=float, help=_d(T, "test_fraction").strip())
+@click.option("--seed", type=int, help=_d(T, "seed").strip())
+@click.option(
+    "--workers",
+    type=int,
+    help="Data-loading processes.  [default: 0 on 2 cores or fewer, else half the cores, at most 4]",
+)
+@click.option("--device", help="auto, cpu, cuda or cuda:N." + _d(T, "device"))
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA.  [default: on]")
-@click.option("--demo-per-class", type=int, help="Images per class for --data demo.  [default: 100]")
+@click.option("--demo-per-class", type=int, help="Images per class for --data demo." + _d(T, "demo_per_class"))
 @click.option("--resume", metavar="RUN_DIR", help="Continue an interrupted run with its own config.")
-def train_main(resume: str | None, **options: Any) -> None:
-    """Train and evaluate a pothole classifier on a folder of labelled road photos."""
+def train_command(resume: str | None, data: tuple[str, ...], **options: Any) -> None:
+    """Train and evaluate a pothole classifier on folders of labelled road photos and dashcam frames."""
 
     def go() -> None:
-        from train.run import train
+        from pothole_edge.train.run import train
 
         if resume:
-            ignored = sorted(k for k, v in options.items() if v is not None)
+            ignored = sorted(k for k, v in options.items() if v is not None) + (["data"] if data else [])
             if ignored:
-                logging.warning("--resume uses the run's saved config; ignoring --%s", ", --".join(k.replace("_", "-") for k in ignored))
-            train(None, resume=resume)  # type: ignore[arg-type]
+                logging.warning(
+                    "--resume uses the run's saved config; ignoring --%s",
+                    ", --".join(k.replace("_", "-") for k in ignored),
+                )
+            train(None, resume=resume)
             return
-        if options["data"] is None:
-            raise UsageError("missing --data DIR (a folder with normal/ and pothole/), or --data demo, or --resume RUN_DIR")
-        train(TrainConfig(**_given(**options)))
+        train(TrainConfig(data=data, **given(**options)))
 
-    _run(go, "interrupted; finished epochs are kept: continue with pt-train --resume RUN_DIR")
+    run(go, "interrupted")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command("pt-eval", context_settings=SETTINGS)
 @click.argument("model")
 @click.option("--data", required=True, help="Labelled folder: class sub-folders (one class alone is fine).")
-@click.option("--out", help="Report directory.  [default: runs/eval]")
+@click.option("--out", help="Report directory.  [default: runs/eval, or the next free runs/evalN]")
 @click.option("--threshold", type=float, help="Decision threshold.  [default: the model's]")
-@click.option("--batch-size", type=int, help="[default: 32]")
+@click.option("--region", help="Override the view's region: x0,y0,x1,y1 fractions.  [default: the model's]")
+@click.option("--batch-size", type=int, help="Tiles per batch, about." + _d(E, "batch_size"))
 @click.option("--workers", type=int, help="[default: 0 on 2 cores or fewer, else half the cores, at most 4]")
-@click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
-def eval_main(model: str, **options: Any) -> None:
-    """Evaluate MODEL (a run directory or model.pt) on every image of a labelled folder."""
+@click.option(
+    "--device",
+    help="auto, cpu, cuda or cuda:N (for a .pt; a .onnx runs on ONNX Runtime's CPU provider)." + _d(E, "device"),
+)
+def eval_command(model: str, **options: Any) -> None:
+    """Evaluate MODEL on every image of a labelled folder. MODEL is a run directory, its model.pt, or a
+    model.onnx (or INT8/FP16 variant) written by pt-export."""
 
     def go() -> None:
-        from train.evaluate import evaluate
+        from pothole_edge.train.evaluate import evaluate
 
-        evaluate(EvalConfig(model=model, **_given(**options)))
+        evaluate(EvalConfig(model=model, **given(**options)))
 
-    _run(go)
+    run(go)
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    main_click(train_command, argv)
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    main_click(eval_command, argv)

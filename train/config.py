@@ -1,26 +1,38 @@
-"""One frozen config per command. Unknown keys are errors; the resolved config is saved with the run."""
+"""One frozen config per command. Unknown keys are errors; every value is checked before the disk is
+touched; the resolved config (every default filled in) is saved with the run."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from train.errors import UsageError
+from pothole_edge.errors import UsageError
 
 C = TypeVar("C")
+ARCH_CHOICES = ("resnet50", "efficientnet_lite0")
+LABELS = ("boxes", "mil")
+THRESHOLD_RULES = ("max-fpr", "youden")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str
-    out: str = "runs/train"
+    data: tuple[str, ...]  # one or more roots; "demo" for the synthetic set
+    out: str | None = None  # None: runs/train, or the next free runs/trainN
     arch: str | None = None  # None: resnet50, or efficientnet_lite0 for the demo
     weights: str | None = None  # None: imagenet
-    positive: str | None = None
-    img_size: int | None = None  # None: the arch's own input size
+    positive: str | None = None  # None: the folder named pothole or potholes
+    img_size: int | None = None  # None: the weights' own input size
+    # the view: grids "CxR+CxR" (1x1 is the whole frame), overlap between tiles, region x0,y0,x1,y1
+    grids: str = "1x1+3x2"
+    overlap: float = 0.25
+    region: str = "0,0,1,1"
+    labels: str = "boxes"  # tile labels from boxes.csv where a root has one, else MIL; "mil": MIL everywhere
+    group_column: str = "segment"  # frames.csv column whose frames must share a split
     epochs: int = 30
     batch_size: int = 32
     lr: float | None = None  # None: 3e-4 from pretrained weights, 1e-3 from scratch
@@ -29,24 +41,113 @@ class TrainConfig:
     min_delta: float = 1e-4
     lr_patience: int = 2
     class_weight: str = "none"
+    threshold_rule: str = "max-fpr"
+    max_fpr: float = 0.02  # on the validation negatives, for --threshold-rule max-fpr
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    hard_negatives: int = (
+        100  # frames of each kind re-scored each epoch for their hottest tile (hard negatives, MIL positives)
+    )
     seed: int = 0
     workers: int | None = None  # None: 0 on 2 cores or fewer, else half the cores, at most 4
     device: str = "auto"
     amp: bool = True
     demo_per_class: int = 100
 
+    def check(self) -> None:
+        """Every value, before anything is written: a rerun must not find a half-claimed directory."""
+        if not self.data:
+            raise UsageError(
+                "missing --data DIR (a folder with normal/ and pothole/), or --data demo, or --resume RUN_DIR"
+            )
+        _choice("arch", self.arch, ARCH_CHOICES, optional=True)
+        _choice("labels", self.labels, LABELS)
+        _choice("class-weight", self.class_weight, CLASS_WEIGHTS)
+        _choice("threshold-rule", self.threshold_rule, THRESHOLD_RULES)
+        for name in ("epochs", "batch_size", "patience", "demo_per_class"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("lr_patience", "hard_negatives", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        if self.workers is not None:
+            _at_least("workers", self.workers, 0)
+        if self.img_size is not None and not 16 <= self.img_size <= 1024:
+            raise UsageError(f"--img-size must be from 16 to 1024, got {self.img_size}")
+        if self.lr is not None and not (_finite(self.lr) and 0 < self.lr < 1):
+            raise UsageError(f"--lr must be a number in (0, 1), got {self.lr}")
+        if not (_finite(self.weight_decay) and 0 <= self.weight_decay < 1):
+            raise UsageError(f"--weight-decay must be in [0, 1), got {self.weight_decay}")
+        if not (_finite(self.min_delta) and self.min_delta >= 0):
+            raise UsageError(f"--min-delta must be 0 or more, got {self.min_delta}")
+        if not (_finite(self.max_fpr) and 0 <= self.max_fpr < 1):
+            raise UsageError(f"--max-fpr must be in [0, 1), got {self.max_fpr}")
+        v, t = self.val_fraction, self.test_fraction
+        if not (_finite(v) and _finite(t) and 0 < v < 1 and 0 < t < 1 and v + t < 1):
+            raise UsageError("--val-fraction and --test-fraction must each be in (0, 1) and sum below 1")
+        if not (_finite(self.overlap) and 0 <= self.overlap < 0.9):
+            raise UsageError(f"--overlap must be in [0, 0.9), got {self.overlap}")
+        parse_grids(self.grids)
+        parse_region(self.region)
+        if not self.group_column:
+            raise UsageError("--group-column must name a frames.csv column")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
     model: str
     data: str
-    out: str = "runs/eval"
-    threshold: float | None = None  # None: the checkpoint's threshold
+    out: str | None = None  # None: runs/eval, or the next free runs/evalN
+    threshold: float | None = None  # None: the model's threshold
+    region: str | None = None  # None: the model's view region
     batch_size: int = 32
     workers: int | None = None
     device: str = "auto"
+
+    def check(self) -> None:
+        if self.threshold is not None and not (_finite(self.threshold) and 0 <= self.threshold <= 1):
+            raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        _at_least("batch_size", self.batch_size, 1)
+        if self.workers is not None:
+            _at_least("workers", self.workers, 0)
+        if self.region is not None:
+            parse_region(self.region)
+
+
+def parse_grids(text: str) -> list[list[int]]:
+    """ "1x1+3x2" -> [[1, 1], [3, 2]]"""
+    try:
+        grids = [[int(n) for n in part.lower().split("x")] for part in str(text).split("+")]
+    except ValueError:
+        grids = []
+    if not grids or any(len(g) != 2 or not all(1 <= n <= 16 for n in g) for g in grids):
+        raise UsageError(f"--grids {text!r} must be levels like 1x1+3x2 (cols x rows, 1 to 16 each)")
+    return grids
+
+
+def parse_region(text: str) -> tuple[float, float, float, float]:
+    from pothole_edge.spec import check_region
+
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    return check_region(
+        values, lambda what: UsageError(f"--region {text!r}: {what}; give x0,y0,x1,y1 as fractions, e.g. 0,0.4,1,1")
+    )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at_least(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise UsageError(f"--{name.replace('_', '-')} must be an integer of {low} or more, got {value}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...], optional: bool = False) -> None:
+    if (value is None and optional) or value in choices:
+        return
+    raise UsageError(f"unknown --{name} {value!r}; choose one of: {', '.join(choices)}")
 
 
 def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
@@ -54,7 +155,12 @@ def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise UsageError(f"unknown config key(s) {', '.join(unknown)} for {cls.__name__}; valid keys: {', '.join(names)}")
+        raise UsageError(
+            f"unknown config key(s) {', '.join(unknown)} for {cls.__name__}; valid keys: {', '.join(names)}"
+        )
+    values = dict(values)
+    if cls is TrainConfig and isinstance(values.get("data"), (list, str)):
+        values["data"] = tuple(values["data"]) if isinstance(values["data"], list) else (values["data"],)
     try:
         return cls(**values)
     except TypeError as e:
@@ -68,7 +174,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 def load_json(cls: type[C], path: str | Path) -> C:
     try:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"cannot read config {path}: {e}") from None
     if not isinstance(values, dict):
         raise UsageError(f"config {path} must hold a JSON object")

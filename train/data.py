@@ -1,8 +1,11 @@
 """Find labelled photos on disk, check that each decodes, and split them reproducibly.
 
-Two layouts are accepted:
-  DIR/<negative>/, DIR/<positive>/                   split here, seeded and stratified
-  DIR/{train,val,test}/<negative|positive>/          split already chosen by the user
+Each root (pt-train takes several) has one of two layouts:
+  ROOT/<negative>/, ROOT/<positive>/                   split here, seeded
+  ROOT/{train,val,test}/<negative|positive>/          split already chosen by the user
+and may hold two optional CSVs, paths relative to the root:
+  frames.csv  file,<group column>,...   frames of one group (a road segment) share a split
+  boxes.csv   file,x0,y0,x1,y1          pothole boxes in pixels, to label tiles directly
 """
 
 from __future__ import annotations
@@ -18,27 +21,32 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from train.errors import UsageError
-from train.images import ImageDecodeError, decode_image
+from pothole_edge.errors import UsageError
+from pothole_edge.images import ImageDecodeError, decode, read_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pt-train")
 
 POSITIVE_NAMES = ("pothole", "potholes")
 SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ("path", "label", "split", "sha256")
+MANIFEST_COLUMNS = ("root", "path", "label", "split", "sha256", "group", "boxes")
+HINT = "expected normal/ and pothole/ sub-folders (or name the positive one with --positive)"
+Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
 class Sample:
-    path: str  # relative to the data root, with forward slashes
-    label: int  # index into class_names; the positive class is 1
+    root: int  # index into LabelledFolder.roots
+    path: str  # relative to its root, with forward slashes
+    label: int  # 1 is the positive class
     sha256: str
     split: str = ""
+    group: str = ""  # frames sharing a group share a split
+    boxes: tuple[Box, ...] | None = None  # None: this root has no boxes.csv
 
 
 @dataclass
 class LabelledFolder:
-    root: Path
+    roots: list[Path]
     class_names: tuple[str, str]  # (negative, positive)
     samples: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
@@ -46,30 +54,37 @@ class LabelledFolder:
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
 
+    def path(self, sample: Sample) -> Path:
+        return self.roots[sample.root] / sample.path
+
     def summary(self) -> dict:
         groups = defaultdict(int)
         for s in self.samples:
             groups[s.sha256] += 1
         counts = {name: {c: 0 for c in self.class_names} for name in SPLITS}
+        per_root = [{name: {c: 0 for c in self.class_names} for name in SPLITS} for _ in self.roots]
         for s in self.samples:
             if s.split:
                 counts[s.split][self.class_names[s.label]] += 1
+                per_root[s.root][s.split][self.class_names[s.label]] += 1
         return {
-            "root": str(self.root),
+            "roots": [str(r) for r in self.roots],
             "class_names": list(self.class_names),
             "images": len(self.samples),
             "duplicate_files": sum(n - 1 for n in groups.values()),
+            "boxed_images": sum(1 for s in self.samples if s.boxes),
             "skipped": len(self.skipped),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
             "splits": counts,
+            "splits_per_root": per_root,
         }
 
 
-HINT = "expected normal/ and pothole/ sub-folders (or name the positive one with --positive)"
-
-
 def _subdirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise UsageError(f"cannot list {folder}: {e.strerror or e}; check its permissions") from None
 
 
 def resolve_classes(folder: Path, positive: str | None) -> dict[str, int]:
@@ -81,7 +96,9 @@ def resolve_classes(folder: Path, positive: str | None) -> dict[str, int]:
         raise UsageError(f"--positive {positive} is not a folder in {folder}; folders there: {', '.join(subdirs)}")
     positives = [positive] if positive else [n for n in subdirs if n.lower() in POSITIVE_NAMES]
     if len(positives) > 1:
-        raise UsageError(f"two positive class folders in {folder} ({', '.join(positives)}); keep one or pass --positive NAME")
+        raise UsageError(
+            f"two positive class folders in {folder} ({', '.join(positives)}); keep one or pass --positive NAME"
+        )
     negatives = [n for n in subdirs if n not in positives]
     if len(subdirs) == 1:
         raise UsageError(f"only one class folder ({subdirs[0]}/) in {folder}: training needs both classes; {HINT}")
@@ -92,12 +109,17 @@ def resolve_classes(folder: Path, positive: str | None) -> dict[str, int]:
 
 def resolve_eval_classes(folder: Path, class_names: tuple[str, str]) -> dict[str, int]:
     """Map the class folders present to the model's labels; one class alone is fine."""
-    known = {class_names[0].lower(): 0, class_names[1].lower(): 1} | {n: 1 for n in POSITIVE_NAMES if n != class_names[0].lower()}
+    known = {class_names[0].lower(): 0, class_names[1].lower(): 1} | {
+        n: 1 for n in POSITIVE_NAMES if n != class_names[0].lower()
+    }
     subdirs = _subdirs(folder)
     unknown = [n for n in subdirs if n.lower() not in known]
     if not subdirs or unknown:
         found = f"found {', '.join(n + '/' for n in subdirs)}" if subdirs else "found none"
         raise UsageError(f"class folders in {folder} must be named {class_names[0]}/ or {class_names[1]}/ ({found})")
+    for n in subdirs:
+        if not os.access(folder / n, os.R_OK | os.X_OK):
+            raise UsageError(f"class folder {folder / n} is not readable; fix its permissions")
     return {n: known[n.lower()] for n in subdirs}
 
 
@@ -105,38 +127,120 @@ def _list_files(folder: Path) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and not f.endswith(".csv"))
     return files
 
 
 def _check(path: Path) -> tuple[str | None, str]:
     """Return (sha256, "") for a readable image, or (None, reason)."""
     try:
-        data = path.read_bytes()
-        decode_image(path)
+        data = read_file(path)
+        decode(data)
     except ImageDecodeError as e:
         return None, str(e)
-    except OSError as e:
-        return None, e.strerror or str(e)
     return hashlib.sha256(data).hexdigest(), ""
 
 
-def scan(root: Path, entries: list[tuple[Path, int, str]], workers: int = 4, progress: bool = True) -> tuple[list[Sample], list[tuple[str, str]]]:
+def scan(
+    root_index: int, root: Path, entries: list[tuple[Path, int, str]], workers: int = 4
+) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Decode every file once; unreadable ones are skipped with a warning, never fatal."""
-    from tqdm import tqdm
+    from pothole_edge.progress import progress
 
     files = [(f, label, split) for folder, label, split in entries for f in _list_files(folder)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(tqdm(pool.map(lambda e: _check(e[0]), files), total=len(files), desc="checking images", unit="img", disable=None if progress else True, leave=False))
+        results = list(
+            progress(
+                pool.map(lambda e: _check(e[0]), files), total=len(files), desc=f"checking {root.name}", unit="img"
+            )
+        )
     samples, skipped = [], []
     for (f, label, split), (digest, reason) in zip(files, results):
         rel = f.relative_to(root).as_posix()
         if digest is None:
-            log.warning("skipping %s: %s", rel, reason)
-            skipped.append((rel, reason))
+            log.warning("skipping %s: %s", _printable(rel), reason)
+            skipped.append((str(root / rel), reason))
         else:
-            samples.append(Sample(rel, label, digest, split))
+            samples.append(Sample(root_index, rel, label, digest, split))
     return samples, skipped
+
+
+def _printable(text: str) -> str:
+    return (
+        text.encode("utf-8", "backslashreplace").decode("utf-8")
+        if any("\udc80" <= c <= "\udcff" for c in text)
+        else text
+    )
+
+
+def _require_dir(root: Path) -> None:
+    if not root.exists():
+        raise UsageError(
+            f"data directory {root} does not exist; pass --data DIR with normal/ and pothole/ sub-folders, or --data "
+            "demo"
+        )
+    if not root.is_dir():
+        raise UsageError(f"--data {root} is not a directory")
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error) as e:
+        raise UsageError(f"cannot read {path}: {e}; fix or remove it") from None
+
+
+def read_groups(root: Path, column: str) -> dict[str, str]:
+    """file -> group from ROOT/frames.csv, or {} when there is none."""
+    path = root / "frames.csv"
+    if not path.is_file():
+        return {}
+    rows = _read_csv(path)
+    if rows and (column not in rows[0] or "file" not in rows[0]):
+        raise UsageError(
+            f"{path} has no 'file' or '{column}' column (columns: {', '.join(rows[0])}); pass --group-column NAME"
+        )
+    return {r["file"]: r[column] for r in rows if r.get("file") and r.get(column)}
+
+
+def read_boxes(root: Path) -> dict[str, list[Box]] | None:
+    """file -> pothole boxes from ROOT/boxes.csv, or None when there is none; bad rows are skipped."""
+    path = root / "boxes.csv"
+    if not path.is_file():
+        return None
+    boxes: dict[str, list[Box]] = defaultdict(list)
+    bad = 0
+    for row in _read_csv(path):
+        try:
+            x0, y0, x1, y1 = (int(float(row[k])) for k in ("x0", "y0", "x1", "y1"))
+        except (KeyError, TypeError, ValueError):
+            bad += 1
+            continue
+        if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+            bad += 1
+            continue
+        boxes[row["file"]].append((x0, y0, x1, y1))
+    if bad:
+        log.warning("%s: skipped %d row(s) that are not boxes x0 < x1, y0 < y1 in pixels", path, bad)
+    return dict(boxes)
+
+
+def _annotate(samples: list[Sample], root: Path, group_column: str) -> list[Sample]:
+    groups, boxes = read_groups(root, group_column), read_boxes(root)
+    if groups:
+        log.info(
+            "%s: %d frames in %d groups (frames.csv column %s) share their split",
+            root,
+            sum(1 for s in samples if s.path in groups),
+            len(set(groups.values())),
+            group_column,
+        )
+    out = []
+    for s in samples:
+        known = None if boxes is None else tuple(boxes.get(s.path, ())) if s.label == 1 else ()
+        out.append(replace(s, group=groups.get(s.path, ""), boxes=known))
+    return out
 
 
 def _class_names(mapping: dict[str, int]) -> tuple[str, str]:
@@ -144,21 +248,18 @@ def _class_names(mapping: dict[str, int]) -> tuple[str, str]:
     return (by_label[0], by_label[1])
 
 
-def _require_dir(root: Path) -> None:
-    if not root.exists():
-        raise UsageError(f"data directory {root} does not exist; pass --data DIR with normal/ and pothole/ sub-folders, or --data demo")
-    if not root.is_dir():
-        raise UsageError(f"--data {root} is not a directory")
-
-
-def load_for_training(root: str | Path, positive: str | None, val_fraction: float, test_fraction: float, seed: int, workers: int = 4) -> LabelledFolder:
-    root = Path(root).absolute()
+def _load_root(
+    index: int, root: Path, positive: str | None, workers: int
+) -> tuple[tuple[str, str], list[Sample], list[tuple[str, str]], bool]:
     _require_dir(root)
     presplit = [s for s in SPLITS if (root / s).is_dir()]
     if presplit:
         missing = [s for s in SPLITS if s not in presplit]
         if missing:
-            raise UsageError(f"{root} looks pre-split but lacks {', '.join(s + '/' for s in missing)}; provide train/, val/ and test/")
+            raise UsageError(
+                f"{root} looks pre-split but lacks {', '.join(s + '/' for s in missing)}; provide train/, val/ and "
+                "test/"
+            )
         mappings = {s: resolve_classes(root / s, positive) for s in SPLITS}
         if len({tuple(sorted(m.items())) for m in mappings.values()}) != 1:
             raise UsageError(f"train/, val/ and test/ in {root} hold different class folders; use the same two in each")
@@ -167,17 +268,40 @@ def load_for_training(root: str | Path, positive: str | None, val_fraction: floa
     else:
         mapping = resolve_classes(root, positive)
         entries = [(root / name, label, "") for name, label in mapping.items()]
-    samples, skipped = scan(root, entries, workers)
+    samples, skipped = scan(index, root, entries, workers)
     names = _class_names(mapping)
     _require_images(root, samples, names, presplit)
-    folder = LabelledFolder(root, names, samples, skipped)
-    if not presplit:
-        folder.samples = split_samples(samples, val_fraction, test_fraction, seed)
-    else:
-        leaks = _cross_split_duplicates(samples)
-        if leaks:
-            log.warning("%d image(s) appear byte-identical in more than one split of %s; their metrics will be optimistic", leaks, root)
-    return folder
+    return names, samples, skipped, bool(presplit)
+
+
+def load_for_training(
+    roots: list[str | Path],
+    positive: str | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    workers: int = 4,
+    group_column: str = "segment",
+) -> LabelledFolder:
+    paths = [Path(r).absolute() for r in roots]
+    if len(set(paths)) != len(paths):
+        raise UsageError("the same --data folder is given twice; give each root once")
+    all_samples, all_skipped, names = [], [], None
+    for i, root in enumerate(paths):
+        root_names, samples, skipped, presplit = _load_root(i, root, positive, workers)
+        names = names or root_names
+        samples = _annotate(samples, root, group_column)
+        if not presplit:
+            samples = split_samples(samples, val_fraction, test_fraction, seed)
+        elif _cross_split_duplicates(samples):
+            log.warning(
+                "%d image(s) appear byte-identical in more than one split of %s; their metrics will be optimistic",
+                _cross_split_duplicates(samples),
+                root,
+            )
+        all_samples += samples
+        all_skipped += skipped
+    return LabelledFolder(paths, names, all_samples, all_skipped)
 
 
 def load_for_evaluation(root: str | Path, class_names: tuple[str, str], workers: int = 4) -> LabelledFolder:
@@ -185,13 +309,17 @@ def load_for_evaluation(root: str | Path, class_names: tuple[str, str], workers:
     root = Path(root).absolute()
     _require_dir(root)
     if set(SPLITS) <= set(_subdirs(root)):
-        entries = [(root / s / n, label, "test") for s in SPLITS for n, label in resolve_eval_classes(root / s, class_names).items()]
+        entries = [
+            (root / s / n, label, "test")
+            for s in SPLITS
+            for n, label in resolve_eval_classes(root / s, class_names).items()
+        ]
     else:
         entries = [(root / n, label, "test") for n, label in resolve_eval_classes(root, class_names).items()]
-    samples, skipped = scan(root, entries, workers)
+    samples, skipped = scan(0, root, entries, workers)
     if not samples:
         raise UsageError(f"no readable images under {root} ({len(skipped)} file(s) skipped as unreadable)")
-    return LabelledFolder(root, tuple(class_names), samples, skipped)
+    return LabelledFolder([root], tuple(class_names), _annotate(samples, root, "segment"), skipped)
 
 
 def _require_images(root: Path, samples: list[Sample], names: tuple[str, str], presplit: list[str]) -> None:
@@ -211,52 +339,145 @@ def _cross_split_duplicates(samples: list[Sample]) -> int:
     return sum(1 for v in splits.values() if len(v) > 1)
 
 
-def split_samples(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int) -> list[Sample]:
-    """Stratified, seeded split in which byte-identical files always share a split.
+def _union_groups(samples: list[Sample]) -> dict[str, list[Sample]]:
+    """Groups that keep both frames.csv groups and byte-identical files together."""
+    parent: dict[str, str] = {}
 
-    Groups are ordered by content hash before shuffling, so the split depends on the files'
-    bytes and the seed, not on directory listing order or where the folder lives.
-    """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UsageError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} must be in [0, 1) and sum below 1")
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for s in samples:
+        parent[find("h:" + s.sha256)] = find("g:" + s.group) if s.group else find("h:" + s.sha256)
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
-        groups[s.sha256].append(s)
-    conflicts = [h for h, g in groups.items() if len({s.label for s in g}) > 1]
+        groups[find("h:" + s.sha256)].append(s)
+    return groups
+
+
+def split_samples(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int) -> list[Sample]:
+    """A seeded split in which byte-identical files, and frames of one group, always share a split.
+
+    Without groups it is stratified by label. With groups (road segments, whose neighbouring frames
+    are near copies) it searches seeded assignments of whole groups for the one closest to the
+    fractions that gives val and test both classes. The split depends on the files' bytes, the
+    groups and the seed, not on listing order or where the folder lives.
+    """
+    groups = _union_groups(samples)
+    conflicts = [h for h, g in groups.items() if len({s.label for s in g}) > 1 and not any(s.group for s in g)]
     if conflicts:
         log.warning("%d identical image(s) carry both labels; they are kept, in one split", len(conflicts))
+    keys = sorted(groups, key=lambda k: min(s.sha256 for s in groups[k]))
+    if any(len(g) > 1 and any(s.group for s in g) for g in groups.values()):
+        assigned = _grouped(keys, groups, val_fraction, test_fraction, seed)
+    else:
+        assigned = _stratified(keys, groups, val_fraction, test_fraction, seed)
+    by_hash = {s.sha256: assigned[k] for k in keys for s in groups[k]}
+    return [replace(s, split=by_hash[s.sha256]) for s in sorted(samples, key=lambda s: s.path)]
+
+
+def _stratified(
+    keys: list[str], groups: dict[str, list[Sample]], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
     rng = random.Random(seed)
     assigned: dict[str, str] = {}
-    for label in sorted({s.label for s in samples}):
+    for label in sorted({s.label for g in groups.values() for s in g}):
         # a group belongs to the stratum of its first file's label
-        hashes = sorted(h for h, g in groups.items() if g[0].label == label)
-        rng.shuffle(hashes)
-        total = sum(len(groups[h]) for h in hashes)
+        mine = [k for k in keys if groups[k][0].label == label]
+        rng.shuffle(mine)
+        total = sum(len(groups[k]) for k in mine)
         targets = {"test": round(total * test_fraction), "val": round(total * val_fraction)}
         filled = {"test": 0, "val": 0}
-        for h in hashes:
-            split = next((k for k in ("test", "val") if filled[k] < targets[k]), "train")
+        for k in mine:
+            split = next((name for name in ("test", "val") if filled[name] < targets[name]), "train")
             if split != "train":
-                filled[split] += len(groups[h])
-            assigned[h] = split
-    return [replace(s, split=assigned[s.sha256]) for s in sorted(samples, key=lambda s: s.path)]
+                filled[split] += len(groups[k])
+            assigned[k] = split
+    return assigned
+
+
+def _grouped(
+    keys: list[str],
+    groups: dict[str, list[Sample]],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    trials: int = 500,
+) -> dict[str, str]:
+    rng = random.Random(seed)
+    n = sum(len(g) for g in groups.values())
+    rate = sum(s.label for g in groups.values() for s in g) / n
+    best: tuple[float, dict[str, str]] | None = None
+    for _ in range(trials):
+        order = keys[:]
+        rng.shuffle(order)
+        assigned: dict[str, str] = {}
+        cost = 0.0
+        for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+            target, have, positives = n * fraction, 0, 0
+            for k in order:
+                if k in assigned or have >= target or have + len(groups[k]) > 1.3 * target:
+                    continue
+                assigned[k] = split
+                have += len(groups[k])
+                positives += sum(s.label for s in groups[k])
+            both = 0 < positives < have
+            cost += abs(have - target) / target + (0 if both else 10) + abs(positives / max(have, 1) - rate)
+        if best is None or cost < best[0]:
+            best = (cost, assigned)
+    assigned = best[1] if best else {}
+    return {k: assigned.get(k, "train") for k in keys}
+
+
+def _boxes_text(boxes: tuple[Box, ...] | None) -> str:
+    if boxes is None:
+        return "?"
+    return "|".join(" ".join(str(v) for v in b) for b in boxes)
+
+
+def _boxes_parse(text: str) -> tuple[Box, ...] | None:
+    if text == "?":
+        return None
+    return tuple(tuple(int(v) for v in part.split()) for part in text.split("|") if part)  # type: ignore[misc]
 
 
 def manifest_text(samples: list[Sample], class_names: tuple[str, str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
-    for s in sorted(samples, key=lambda s: s.path):
-        writer.writerow([s.path, class_names[s.label], s.split, s.sha256])
+    for s in sorted(samples, key=lambda s: (s.root, s.path)):
+        writer.writerow([s.root, s.path, class_names[s.label], s.split, s.sha256, s.group, _boxes_text(s.boxes)])
     return buf.getvalue()
 
 
 def manifest_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def read_manifest(path: str | Path, class_names: tuple[str, str]) -> list[Sample]:
+    """The samples of a split.csv; a damaged manifest is a UsageError, not a crash later."""
     labels = {name: i for i, name in enumerate(class_names)}
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [Sample(r["path"], labels[r["label"]], r["sha256"], r["split"]) for r in rows]
+    rows = _read_csv(Path(path))
+    samples = []
+    try:
+        for r in rows:
+            samples.append(
+                Sample(
+                    int(r["root"]),
+                    r["path"],
+                    labels[r["label"]],
+                    r["sha256"],
+                    r["split"],
+                    r.get("group", ""),
+                    _boxes_parse(r.get("boxes", "?")),
+                )
+            )
+    except (KeyError, ValueError, TypeError) as e:
+        raise UsageError(
+            f"{path} is damaged ({type(e).__name__}: {e}); it must have the columns {', '.join(MANIFEST_COLUMNS)}"
+        ) from None
+    if not samples or any(s.split not in SPLITS for s in samples):
+        raise UsageError(f"{path} is damaged: it lists no images, or a split other than {', '.join(SPLITS)}")
+    return samples

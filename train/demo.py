@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from train.fileio import atomic_write
+from pothole_edge.fileio import atomic_write
 
 SIZE = 256
 
@@ -29,7 +29,9 @@ def _asphalt(rng: np.random.Generator) -> np.ndarray:
     return np.clip(img[..., None] * tint, 0, 255)
 
 
-def _blob(rng: np.random.Generator, cx: float, cy: float, r: float, squash: float, points: int = 28) -> list[tuple[float, float]]:
+def _blob(
+    rng: np.random.Generator, cx: float, cy: float, r: float, squash: float, points: int = 28
+) -> list[tuple[float, float]]:
     angles = np.linspace(0, 2 * np.pi, points, endpoint=False)
     radius = r * (1 + 0.25 * np.convolve(rng.normal(0, 1, points), np.ones(3) / 3, "same"))
     return [(cx + rr * np.cos(a), cy + rr * np.sin(a) * squash) for a, rr in zip(angles, radius)]
@@ -46,7 +48,11 @@ def _lane(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     dashed = rng.random() < 0.5
     for y in range(0, SIZE, 32 if dashed else SIZE):
         t0, t1 = y / SIZE, min(y + (18 if dashed else SIZE), SIZE) / SIZE
-        ImageDraw.Draw(mask).line([(x0 + (x1 - x0) * t0, y), (x0 + (x1 - x0) * t1, y + (18 if dashed else SIZE))], fill=255, width=int(rng.integers(5, 10)))
+        ImageDraw.Draw(mask).line(
+            [(x0 + (x1 - x0) * t0, y), (x0 + (x1 - x0) * t1, y + (18 if dashed else SIZE))],
+            fill=255,
+            width=int(rng.integers(5, 10)),
+        )
     m = np.asarray(mask.filter(ImageFilter.GaussianBlur(1)), np.float32)[..., None] / 255
     paint = np.array([235, 235, 225] if rng.random() < 0.7 else [230, 200, 60], np.float32)
     return img * (1 - 0.8 * m) + paint * 0.8 * m

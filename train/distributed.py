@@ -1,15 +1,15 @@
-"""DistributedDataParallel plumbing for torchrun: gloo on CPU, nccl on CUDA."""
+"""DistributedDataParallel plumbing for torchrun: gloo on CPU; on CUDA, nccl for tensors and gloo for objects."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from train.errors import UsageError
+from pothole_edge.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,16 @@ class Context:
 
 
 def pick_device(choice: str, local_rank: int = 0) -> torch.device:
+    """`cuda` (and `auto` on a GPU machine) means this process's own GPU, cuda:LOCAL_RANK."""
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {choice} asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
-        return torch.device(choice if ":" in choice else f"cuda:{local_rank}")
+        device = torch.device(choice if ":" in choice else f"cuda:{local_rank}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+        return device
     if choice != "cpu":
         raise UsageError(f"unknown --device {choice!r}; choose one of: auto, cpu, cuda, cuda:N")
     return torch.device("cpu")
@@ -47,7 +51,10 @@ def setup(device_choice: str) -> Context:
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # CPU tensors and pickled objects go through gloo; NCCL rejects them
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
     return Context(rank, world, device)
 
 
@@ -66,11 +73,29 @@ def gather(ctx: Context, value: Any) -> list[Any]:
 
 
 def all_sum(ctx: Context, values: list[float]) -> list[float]:
+    """The sum over ranks, reduced on this rank's device (NCCL reduces device tensors only)."""
     if not ctx.distributed:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def on_main(ctx: Context, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 alone; a UsageError there reaches every rank, so none waits at a barrier forever."""
+    error, result = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except UsageError as e:
+            error = str(e)
+    if ctx.distributed:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise UsageError(error)
+    return result
 
 
 def teardown(ctx: Context) -> None:

@@ -1,18 +1,19 @@
-"""One training epoch, one prediction pass, and early stopping."""
+"""One training epoch over tiles, one prediction pass over frames, and early stopping."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from train.distributed import Context, all_sum, gather
+from pothole_edge import view as views
+from pothole_edge.progress import progress
+from pothole_edge.train.distributed import Context, all_sum, gather
 
 
 @dataclass
@@ -51,20 +52,28 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
-def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer, ctx: Context, scaler: "torch.amp.GradScaler | None", amp: bool, desc: str) -> tuple[float, float]:
-    """Returns the epoch's mean loss and accuracy over every rank's batches."""
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: Context,
+    scaler: "torch.amp.GradScaler | None",
+    amp: bool,
+    desc: str,
+) -> tuple[float, float, int]:
+    """The epoch's mean tile loss and accuracy over every rank's batches, and the tiles it skipped."""
     model.train()
     loss_sum = correct = seen = 0.0
-    bar = tqdm(loader, desc=desc, unit="batch", disable=True if not ctx.is_main else None, leave=False, dynamic_ncols=True)
-    for images, labels, _ in bar:
-        images, labels = _to_device(images, ctx.device), labels.to(ctx.device, non_blocking=True)
+    skipped = 0
+    for batch, dropped in progress(loader, total=len(loader), desc=desc, unit="batch") if ctx.is_main else loader:
+        skipped += dropped
+        if batch is None:
+            continue
+        tiles, labels, _ = batch
+        tiles, labels = tiles.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
         with _autocast(ctx.device, amp):
-            logits = model(images)
+            logits = model(tiles)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -78,42 +87,82 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, criterion: torch
         loss_sum += loss.item() * n
         correct += (logits.argmax(1) == labels).sum().item()
         seen += n
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
     loss_sum, correct, seen = all_sum(ctx, [loss_sum, correct, seen])
-    return loss_sum / seen, correct / seen
+    return loss_sum / max(seen, 1), correct / max(seen, 1), skipped
 
 
 @dataclass
 class Predictions:
-    indices: np.ndarray  # into the dataset the loader read
+    indices: np.ndarray  # into the dataset the loader read; unreadable frames are absent
     labels: np.ndarray
-    probs: np.ndarray  # probability of the positive class
-    loss: float  # mean unweighted cross-entropy
+    probs: np.ndarray  # pooled probability of the positive class, per frame
+    hottest: np.ndarray  # (n, 4) the box of the tile that decided each frame
+    tile_probs: np.ndarray  # (n, tiles)
+
+    @property
+    def loss(self) -> float:
+        """Mean binary cross-entropy of the pooled frame probability: what early stopping watches."""
+        p = np.clip(self.probs, 1e-7, 1 - 1e-7)
+        return float(-np.mean(self.labels * np.log(p) + (1 - self.labels) * np.log(1 - p))) if p.size else math.nan
 
     @property
     def accuracy(self) -> float:
-        return float(((self.probs >= 0.5) == self.labels).mean())
+        return float(((self.probs >= 0.5) == self.labels).mean()) if self.probs.size else math.nan
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, ctx: Context, amp: bool, positive_index: int = 1, desc: str = "predicting") -> Predictions:
-    """Predict this rank's share of the loader, then gather every rank's share."""
+def torch_probs(
+    model: torch.nn.Module, device: torch.device, amp: bool, positive_index: int = 1
+) -> Callable[[torch.Tensor], np.ndarray]:
+    """Tiles in, positive-class probabilities out, through a network that returns logits."""
     model.eval()
-    idx, ys, ps, loss_sum = [], [], [], 0.0
-    for images, labels, indices in tqdm(loader, desc=desc, unit="batch", disable=True if not ctx.is_main else None, leave=False):
-        images, labels = _to_device(images, ctx.device), labels.to(ctx.device)
-        with _autocast(ctx.device, amp):
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        ps.append(logits.softmax(1)[:, positive_index].cpu().numpy())
-        ys.append(labels.cpu().numpy())
+
+    @torch.no_grad()
+    def probs(tiles: torch.Tensor) -> np.ndarray:
+        with _autocast(device, amp):
+            logits = model(tiles.to(device, non_blocking=True))
+        return logits.float().softmax(1)[:, positive_index].cpu().numpy().astype(np.float64)
+
+    return probs
+
+
+def predict(
+    model: torch.nn.Module | Callable[[torch.Tensor], np.ndarray],
+    loader: DataLoader,
+    ctx: Context,
+    amp: bool,
+    spec_view: dict[str, Any],
+    positive_index: int = 1,
+    desc: str = "predicting",
+) -> Predictions:
+    """Pooled frame probabilities for this rank's share of the loader, gathered from every rank.
+
+    `model` is a network returning logits, or any function from a tile batch to probabilities (ONNX Runtime).
+    """
+    probs_of = torch_probs(model, ctx.device, amp, positive_index) if isinstance(model, torch.nn.Module) else model
+    idx, ys, ps, hot, tps = [], [], [], [], []
+    for batch, _ in progress(loader, total=len(loader), desc=desc, unit="batch") if ctx.is_main else loader:
+        if batch is None:
+            continue
+        tiles, labels, indices, boxes = batch
+        b, n = tiles.shape[:2]
+        probs = probs_of(tiles.flatten(0, 1)).reshape(b, n)
+        for k in range(b):
+            p, t = views.pool(probs[k], spec_view)
+            ps.append(p)
+            hot.append(boxes[k, t].numpy())
+        tps.append(probs)
+        ys.append(labels.numpy())
         idx.append(indices.numpy())
-    local = (np.concatenate(idx) if idx else np.zeros(0, int), np.concatenate(ys) if ys else np.zeros(0, int), np.concatenate(ps) if ps else np.zeros(0), loss_sum)
+    tiles_n = views.tile_count(spec_view)
+    local = (
+        np.concatenate(idx) if idx else np.zeros(0, int),
+        np.concatenate(ys) if ys else np.zeros(0, int),
+        np.asarray(ps, np.float64),
+        np.asarray(hot, np.float64).reshape(-1, 4),
+        np.concatenate(tps) if tps else np.zeros((0, tiles_n)),
+    )
     parts = gather(ctx, local)
     indices = np.concatenate([p[0] for p in parts])
     order = np.argsort(indices, kind="stable")
-    labels = np.concatenate([p[1] for p in parts])[order]
-    probs = np.concatenate([p[2] for p in parts])[order]
-    n = max(indices.size, 1)
-    return Predictions(indices[order], labels, probs, sum(p[3] for p in parts) / n)
+    cat = [np.concatenate([p[k] for p in parts])[order] for k in range(1, 5)]
+    return Predictions(indices[order], *cat)

@@ -4,28 +4,32 @@ from __future__ import annotations
 
 import logging
 import platform
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Subset
 
-from train import __version__, checkpoint, data, plots
-from train.checkpoint import BEST, LAST
-from train.config import TrainConfig, to_dict
-from train.distributed import Context, barrier
-from train.engine import EarlyStopping, predict, train_one_epoch
-from train.fileio import write_json, write_text
-from train.loader import PhotoDataset, make_loader
-from train.metrics import THRESHOLD_METHOD, choose_threshold
-from train.models import build_model, create_model, resolve_preprocess
-from train.report import format_metrics, write_report
-from train.transforms import eval_transform, train_transform
+from pothole_edge import __version__
+from pothole_edge import spec as specs
+from pothole_edge.fileio import write_json, write_text
+from pothole_edge.train import checkpoint, data, plots
+from pothole_edge.train.checkpoint import BEST, LAST
+from pothole_edge.train.config import TrainConfig, parse_grids, parse_region, to_dict
+from pothole_edge.train.distributed import Context, barrier
+from pothole_edge.train.engine import EarlyStopping, Predictions, predict, train_one_epoch
+from pothole_edge.train.loader import FrameDataset, TileDataset, make_loader
+from pothole_edge.train.metrics import choose_threshold
+from pothole_edge.train.models import build_model, create_model, normalized, resolve_preprocess
+from pothole_edge.train.report import format_metrics, write_report
+from pothole_edge.train.tiles import Footprint, footprint_of, plan_epoch
 
 log = logging.getLogger("pt-train")
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds")
 
 
 def _history_csv(rows: list[dict[str, Any]]) -> str:
@@ -34,60 +38,116 @@ def _history_csv(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shard(dataset: PhotoDataset, ctx: Context) -> Subset:
+def _shard(dataset: Any, ctx: Context) -> Any:
     """This rank's share of an evaluation set, without the padding DistributedSampler adds."""
-    return Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
+    return Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size)) if ctx.distributed else dataset
 
 
-def _class_weights(folder: data.LabelledFolder, mode: str) -> torch.Tensor | None:
+def base_spec(
+    config: TrainConfig, folder: data.LabelledFolder, threshold: float = 0.5, method: str = "not chosen yet"
+) -> dict[str, Any]:
+    view = specs.view(parse_region(config.region), parse_grids(config.grids), config.overlap)
+    return specs.describe(
+        folder.class_names, 1, threshold, method, resolve_preprocess(config.arch, config.img_size), view, config.arch
+    )
+
+
+def _class_weights(samples: list[data.Sample], mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
-    counts = torch.tensor([sum(1 for s in folder.split("train") if s.label == i) for i in (0, 1)], dtype=torch.float32)
+    counts = torch.tensor([sum(1 for s in samples if s.label == i) for i in (0, 1)], dtype=torch.float32).clamp(min=1)
     return counts.sum() / (2 * counts)
 
 
-def model_metadata(config: TrainConfig, folder: data.LabelledFolder, spec: dict[str, Any], manifest_sha256: str) -> dict[str, Any]:
-    return {
-        "arch": config.arch,
-        "class_names": list(folder.class_names),
-        "positive_index": 1,
-        "preprocess": spec,
+def _auc(p: Predictions) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(p.labels, p.probs)) if len(set(p.labels.tolist())) == 2 else float("nan")
+
+
+def frame_loader(
+    folder: data.LabelledFolder, samples: list[data.Sample], spec: dict[str, Any], config: TrainConfig, ctx: Context
+) -> Any:
+    dataset = FrameDataset([folder.path(s) for s in samples], [s.label for s in samples], spec)
+    # a frame is a batch of tiles already: keep a loader batch near config.batch_size tiles
+    per_batch = max(1, config.batch_size // max(1, sum(c * r for c, r in spec["view"]["grids"])))
+    return make_loader(_shard(dataset, ctx), per_batch, config.workers)
+
+
+def _scoring_targets(samples: list[data.Sample], config: TrainConfig, epoch: int) -> list[int]:
+    """Frames whose tiles are re-scored after an epoch, a seeded share of each kind: positives without
+    boxes (their hottest tile is the next MIL positive) and negatives (their hottest tile is the next hard one)."""
+    mil = [i for i, s in enumerate(samples) if s.label == 1 and (not s.boxes or config.labels == "mil")]
+    negatives = [i for i, s in enumerate(samples) if s.label == 0]
+    rng = random.Random(f"{config.seed}:hard:{epoch}")
+    n = config.hard_negatives
+    return sorted(rng.sample(mil, min(len(mil), n)) + rng.sample(negatives, min(len(negatives), n)))
+
+
+def _rescore(
+    model: torch.nn.Module,
+    folder: data.LabelledFolder,
+    samples: list[data.Sample],
+    targets: list[int],
+    spec: dict[str, Any],
+    config: TrainConfig,
+    ctx: Context,
+    hottest: dict[int, Footprint],
+) -> None:
+    if not targets:
+        return
+    chosen = [samples[i] for i in targets]
+    pred = predict(
+        model, frame_loader(folder, chosen, spec, config, ctx), ctx, False, spec["view"], desc="finding hard tiles"
+    )
+    for k, box in zip(pred.indices, pred.hottest):
+        hottest[targets[int(k)]] = footprint_of(box, spec["preprocess"])
+
+
+def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Context, started: float) -> dict[str, Any]:
+    spec = base_spec(config, folder)
+    manifest_sha256 = data.manifest_hash((out / "split.csv").read_text(encoding="utf-8", errors="surrogateescape"))
+    meta = {
         "config": to_dict(config),
         "manifest_sha256": manifest_sha256,
         "package_version": __version__,
         "torch_version": str(torch.__version__),
     }
-
-
-def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Context, started: float) -> dict[str, Any]:
-    spec = resolve_preprocess(config.arch, config.img_size)
-    manifest_sha256 = data.manifest_hash((out / "split.csv").read_text(encoding="utf-8"))
-    meta = model_metadata(config, folder, spec, manifest_sha256)
-    last = torch.load(out / LAST, map_location="cpu", weights_only=True) if (out / LAST).is_file() else None
+    last = (
+        checkpoint.read_state(out / LAST)[0]
+        if (out / LAST).is_file() or checkpoint.previous_path(out / LAST).is_file()
+        else None
+    )
     torch.manual_seed(config.seed)
-    model = create_model(config.arch) if last else build_model(config.arch, config.weights)
+    bare = create_model(config.arch) if last else build_model(config.arch, config.weights)
     if last:
-        model.load_state_dict(last["state_dict"])
-    model.to(ctx.device)
+        bare.load_state_dict(last["state_dict"])
+    net = normalized(bare, spec["preprocess"]).to(ctx.device)
     if ctx.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    bare = model
-    if ctx.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        net = net.to(memory_format=torch.channels_last)
+    model = (
+        torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+        if ctx.distributed
+        else net
+    )
 
-    train_set = PhotoDataset(folder.root, folder.split("train"), train_transform(spec))
-    val_set = PhotoDataset(folder.root, folder.split("val"), eval_transform(spec))
-    sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed) if ctx.distributed else None
-    val_loader = make_loader(_shard(val_set, ctx), config.batch_size, config.workers)
-
-    weights = _class_weights(folder, config.class_weight)
+    samples = folder.split("train")
+    paths = [folder.path(s) for s in samples]
+    val_loader = frame_loader(folder, folder.split("val"), spec, config, ctx)
+    whole_only = spec["view"]["grids"] == [[1, 1]]
+    weights = _class_weights(samples, config.class_weight)
     criterion = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(ctx.device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.3, patience=config.lr_patience)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=0.3, patience=config.lr_patience
+    )
     amp = config.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
     stopper = EarlyStopping(config.patience, config.min_delta)
     history: list[dict[str, Any]] = []
+    hottest: dict[int, Footprint] = {}
     start = 0
     if last:
         optimizer.load_state_dict(last["optimizer"])
@@ -95,76 +155,195 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
         stopper.load_state_dict(last["stopper"])
         if scaler is not None and last.get("scaler"):
             scaler.load_state_dict(last["scaler"])
+        hottest = {int(i): tuple(fp) for i, fp in zip(last["hottest"]["index"], last["hottest"]["footprint"])}
         history, start = list(last["history"]), last["epoch"] + 1
         if ctx.is_main:
-            log.info("resuming after epoch %d of %d (best val loss %.4f at epoch %d)", start, config.epochs, stopper.best, stopper.best_epoch + 1)
+            log.info(
+                "resuming after epoch %d of %d (best val loss %.4f at epoch %d)",
+                start,
+                config.epochs,
+                stopper.best,
+                stopper.best_epoch + 1,
+            )
 
-    per_rank = len(train_set) // ctx.world_size
     for epoch in range(start, config.epochs):
         if stopper.should_stop:
             break
         t0 = time.time()
-        torch.manual_seed(config.seed + epoch)  # augmentation draws: the same after a resume
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = make_loader(train_set, config.batch_size, config.workers, shuffle=True, sampler=sampler, seed=config.seed + epoch, drop_last=per_rank % config.batch_size == 1)
-        train_loss, train_acc = train_one_epoch(model, loader, criterion, optimizer, ctx, scaler, amp, desc=f"epoch {epoch + 1}/{config.epochs}")
-        val = predict(bare, val_loader, ctx, amp, desc="validating")  # every rank its shard, no DDP sync needed
+        torch.manual_seed(config.seed + epoch)
+        draws = plan_epoch(samples, epoch, config.seed, config.labels, whole_only, hottest)
+        tiles = TileDataset(paths, samples, draws, spec)
+        sampler = (
+            DistributedSampler(tiles, ctx.world_size, ctx.rank, shuffle=False, seed=config.seed)
+            if ctx.distributed
+            else None
+        )
+        per_rank = len(tiles) // ctx.world_size
+        loader = make_loader(
+            tiles,
+            config.batch_size,
+            config.workers,
+            sampler=sampler,
+            seed=config.seed + epoch,
+            drop_last=per_rank % config.batch_size == 1,
+        )
+        train_loss, train_acc, skipped = train_one_epoch(
+            model, loader, criterion, optimizer, ctx, scaler, amp, desc=f"epoch {epoch + 1}/{config.epochs}"
+        )
+        if skipped and ctx.is_main:
+            log.warning("epoch %d skipped %d tile(s) of unreadable files", epoch + 1, skipped)
+        if not whole_only:
+            _rescore(net, folder, samples, _scoring_targets(samples, config, epoch), spec, config, ctx, hottest)
+        val = predict(net, val_loader, ctx, amp, spec["view"], desc="validating")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(val.loss)
         improved = stopper.step(val.loss, epoch)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val.loss, "val_acc": val.accuracy, "lr": lr, "seconds": round(time.time() - t0, 2)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val.loss,
+                "val_acc": val.accuracy,
+                "val_auc": _auc(val),
+                "lr": lr,
+                "seconds": round(time.time() - t0, 2),
+            }
+        )
         if ctx.is_main:
             if improved:
-                checkpoint.save(meta | {"state_dict": bare.state_dict(), "epoch": epoch + 1}, out / BEST)
-            state = {"state_dict": bare.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "stopper": stopper.state_dict(), "history": history, "epoch": epoch}
+                checkpoint.save(meta | {"spec": spec, "state_dict": bare.state_dict(), "epoch": epoch + 1}, out / BEST)
+            order = sorted(hottest)
+            state = {
+                "state_dict": bare.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "stopper": stopper.state_dict(),
+                "history": history,
+                "epoch": epoch,
+                "hottest": {"index": order, "footprint": [list(hottest[i]) for i in order]},
+            }
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
-            checkpoint.save(state, out / LAST)  # after best.pt, so a resumed run never lacks its best
+            checkpoint.save(
+                state, out / LAST, keep_previous=True
+            )  # after best.pt, so a resumed run never lacks its best
             write_text(out / "history.csv", _history_csv(history))
             mark = "  * best" if improved else ""
-            log.info("epoch %d/%d  train loss %.4f acc %.3f  val loss %.4f acc %.3f  lr %.1e  %.1fs%s", epoch + 1, config.epochs, train_loss, train_acc, val.loss, val.accuracy, lr, history[-1]["seconds"], mark)
+            h = history[-1]
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.3f  val loss %.4f acc %.3f auc %.3f  lr %.1e  %.0fs%s",
+                epoch + 1,
+                config.epochs,
+                train_loss,
+                train_acc,
+                val.loss,
+                val.accuracy,
+                h["val_auc"],
+                lr,
+                h["seconds"],
+                mark,
+            )
         barrier(ctx)
     if stopper.should_stop and ctx.is_main:
-        log.info("early stop: no val loss gain of %g for %d epochs; restoring epoch %d", config.min_delta, config.patience, stopper.best_epoch + 1)
-    result: dict[str, Any] = {}
-    if ctx.is_main:
-        result = finish(config, out, folder, bare, meta, history, stopper, Context(0, 1, ctx.device), started, world_size=ctx.world_size)
-    barrier(ctx)
-    return result
+        log.info(
+            "early stop: no val loss gain of %g for %d epochs; restoring epoch %d",
+            config.min_delta,
+            config.patience,
+            stopper.best_epoch + 1,
+        )
+    if not ctx.is_main:
+        # the other ranks are done: they do not wait (past any NCCL timeout) while rank 0 evaluates
+        return {}
+    return finish(
+        config,
+        out,
+        folder,
+        bare,
+        spec,
+        meta,
+        history,
+        stopper,
+        Context(0, 1, ctx.device),
+        started,
+        world_size=ctx.world_size,
+    )
 
 
-def finish(config: TrainConfig, out: Path, folder: data.LabelledFolder, model: torch.nn.Module, meta: dict[str, Any], history: list[dict[str, Any]], stopper: EarlyStopping, ctx: Context, started: float, world_size: int = 1) -> dict[str, Any]:
-    """Restore the best weights, choose the threshold on val, evaluate on test, write model.pt."""
+def _subsets(folder: data.LabelledFolder, samples: list[data.Sample]) -> dict[str, np.ndarray]:
+    names = [r.name for r in folder.roots]
+    names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+    roots = np.array([s.root for s in samples])
+    return {names[i]: roots == i for i in range(len(folder.roots)) if (roots == i).any()}
+
+
+def finish(
+    config: TrainConfig,
+    out: Path,
+    folder: data.LabelledFolder,
+    bare: torch.nn.Module,
+    spec: dict[str, Any],
+    meta: dict[str, Any],
+    history: list[dict[str, Any]],
+    stopper: EarlyStopping,
+    ctx: Context,
+    started: float,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """Restore the best weights, choose the threshold on val, evaluate on test, write model.pt.
+
+    The threshold and the test metrics come from an FP32 pass, as the deployed model computes.
+    """
     if (out / BEST).is_file():
-        best = torch.load(out / BEST, map_location="cpu", weights_only=True)
-        model.load_state_dict(best["state_dict"])
+        best = checkpoint.read(out / BEST)
+        bare.load_state_dict(best["state_dict"])
     else:  # the val loss never improved on infinity (NaN from the first epoch): keep the last weights
         log.warning("validation loss never improved (is it NaN?); keeping the last epoch's weights")
         best = {"epoch": len(history)}
-    spec = meta["preprocess"]
-    amp = config.amp and ctx.device.type == "cuda"
-    sets = {name: PhotoDataset(folder.root, folder.split(name), eval_transform(spec)) for name in ("val", "test")}
-    val = predict(model, make_loader(sets["val"], config.batch_size, config.workers), ctx, amp, desc="validating")
-    threshold = choose_threshold(val.labels, val.probs)
-    test = predict(model, make_loader(sets["test"], config.batch_size, config.workers), ctx, amp, desc="testing")
-    paths = [sets["test"].samples[i].path for i in test.indices]
-    metrics = write_report(out, paths, test.labels, test.probs, threshold, folder.class_names, extra={"split": "test", "threshold_method": THRESHOLD_METHOD, "best_epoch": best["epoch"]})
-    checkpoint.save(meta | {"state_dict": model.state_dict(), "epoch": best["epoch"], "threshold": threshold, "metrics": metrics}, out / "model.pt")
+    net = normalized(bare, spec["preprocess"]).to(ctx.device).eval()
+    val = predict(
+        net, frame_loader(folder, folder.split("val"), spec, config, ctx), ctx, False, spec["view"], desc="validating"
+    )
+    threshold, method = choose_threshold(val.labels, val.probs, config.threshold_rule, config.max_fpr)
+    spec = specs.validate(spec | {"threshold": threshold, "threshold_method": method}, "the trained model")
+    tests = folder.split("test")
+    test = predict(net, frame_loader(folder, tests, spec, config, ctx), ctx, False, spec["view"], desc="testing")
+    kept = [tests[int(i)] for i in test.indices]
+    extra = {"split": "test", "threshold_method": method, "best_epoch": best["epoch"], "view": spec["view"]}
+    metrics = write_report(
+        out,
+        [str(folder.path(s)) for s in kept],
+        test.labels,
+        test.probs,
+        threshold,
+        folder.class_names,
+        test.hottest,
+        [s.boxes for s in kept],
+        _subsets(folder, kept),
+        extra,
+    )
+    checkpoint.save(
+        meta | {"spec": spec, "state_dict": bare.state_dict(), "epoch": best["epoch"], "metrics": metrics},
+        out / "model.pt",
+    )
     plots.history(history, best["epoch"], out / "training_curves.png")
-    write_json(out / "summary.json", {
-        "epochs_run": len(history),
-        "best_epoch": best["epoch"],
-        "best_val_loss": stopper.best,
-        "stopped_early": stopper.should_stop,
-        "wall_seconds": round(time.time() - started, 1),
-        "device": str(ctx.device),
-        "world_size": world_size,
-        "host": platform.node(),
-        "threshold": threshold,
-        "test": {k: metrics[k] for k in ("accuracy", "roc_auc", "average_precision")},
-    })
+    write_json(
+        out / "summary.json",
+        {
+            "epochs_run": len(history),
+            "best_epoch": best["epoch"],
+            "best_val_loss": stopper.best,
+            "stopped_early": stopper.should_stop,
+            "wall_seconds": round(time.time() - started, 1),
+            "device": str(ctx.device),
+            "world_size": world_size,
+            "host": platform.node(),
+            "threshold": threshold,
+            "threshold_method": method,
+            "test": {k: metrics[k] for k in ("accuracy", "roc_auc", "average_precision")},
+        },
+    )
     (out / BEST).unlink(missing_ok=True)  # model.pt now holds these weights, with their metrics
-    log.info("test split (%d images):\n%s", metrics["n"], format_metrics(metrics))
+    log.info("test split (%d frames):\n%s", metrics["n"], format_metrics(metrics))
     log.info("wrote %s", out / "model.pt")
     return metrics

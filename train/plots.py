@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from train.fileio import atomic_write
+from pothole_edge.fileio import atomic_write
 
 
 # matplotlib is imported here, not at module level, so that importing train stays light
@@ -51,11 +51,13 @@ def roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> Path:
 
 
 def pr(precision: np.ndarray, recall: np.ndarray, ap: float, base_rate: float, path: Path) -> Path:
+    """Drawn as scikit-learn's PrecisionRecallDisplay draws it: a step line through (recall, precision)
+    in the order precision_recall_curve returns them, from recall 1 down to the (0, 1) point."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 4))
-    ax.step(recall, precision, where="post", lw=2, label=f"AP = {ap:.4f}")
+    ax.plot(recall, precision, drawstyle="steps-post", lw=2, label=f"AP = {ap:.4f}")
     ax.axhline(base_rate, ls="--", color="grey", lw=1, label=f"chance = {base_rate:.2f}")
-    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", xlim=(-0.01, 1.01), ylim=(0, 1.01))
     ax.legend(loc="lower left")
     return _save(fig, path)
 

@@ -1,0 +1,137 @@
+"""What the tile classifier trains on: one or two tiles per frame per epoch, each with a label.
+
+A frame's label says only that some tile holds a pothole (positive) or none does (negative).
+  - A positive frame with boxes (boxes.csv) gives a tile around one of its boxes (positive), and a
+    tile that touches no box (negative): a surveyed road is mostly not pothole.
+  - A positive frame without boxes is multiple-instance learning: its tile that the model scored
+    highest in the last scoring pass is the positive half the time, the whole-frame tile the other half.
+  - A negative frame gives, half the time, its hardest tile of the last scoring pass (the cracks or
+    patch the model confused with a pothole), else a random tile at any level of the view.
+Every footprint is drawn at the scale of a random level of the view, jittered, and cut by the same
+`pothole_edge.preprocess.cut` the edge uses. Draws are seeded per (seed, epoch, frame), so a resumed
+run sees exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pothole_edge import view as views
+from pothole_edge.train.data import Box, Sample
+
+Footprint = tuple[float, float, float]  # x, y, side in frame pixels
+SCALE_JITTER = (0.8, 1.25)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One training tile to cut: which frame, how to choose the footprint, and its label."""
+
+    index: int  # into the training samples
+    mode: str  # box, clear, mil, hard, random, whole
+    label: int
+    seed: int
+    hint: Footprint | None = None  # the scoring pass's tile for mil and hard
+
+
+def plan_epoch(
+    samples: list[Sample], epoch: int, seed: int, labels: str, whole_only: bool, hottest: dict[int, Footprint]
+) -> list[Draw]:
+    """This epoch's draws, shuffled."""
+    rng = random.Random(f"{seed}:{epoch}")
+    draws = []
+    for i, s in enumerate(samples):
+        k = rng.randrange(1 << 30)
+        if whole_only:
+            draws.append(Draw(i, "whole", s.label, k))
+        elif s.label == 1 and s.boxes and labels == "boxes":
+            draws += [Draw(i, "box", 1, k), Draw(i, "clear", 0, k + 1)]
+        elif s.label == 1:  # half the time the whole frame, so the bag's widest instance keeps its label too
+            draws.append(Draw(i, "mil", 1, k, hottest.get(i) if rng.random() < 0.5 else None))
+        else:
+            hard = hottest.get(i) if rng.random() < 0.5 else None
+            draws.append(Draw(i, "hard" if hard else "random", 0, k, hard))
+    rng.shuffle(draws)
+    return draws
+
+
+def _level_sides(spec_view: dict[str, Any], w: int, h: int) -> list[float]:
+    left, top, right, bottom = views.region_px(spec_view, w, h)
+    return [views.level_side(c, r, spec_view["overlap"], right - left, bottom - top) for c, r in spec_view["grids"]]
+
+
+def _inside(fp: Footprint, w: int, h: int) -> Footprint:
+    x, y, side = fp
+    side = min(side, w, h)
+    return min(max(0.0, x), w - side), min(max(0.0, y), h - side), side
+
+
+def _touches(fp: Footprint, box: Box) -> bool:
+    x, y, side = fp
+    return views.boxes_overlap((x, y, x + side, y + side), box)
+
+
+def footprint_of(box: np.ndarray | tuple[float, ...], prep: dict[str, Any]) -> Footprint:
+    """The square footprint whose centre crop is `box` (x0, y0, x1, y1), as the scoring pass reports tiles."""
+    side = (box[2] - box[0]) * prep["resize"] / prep["crop"]
+    margin = (side - (box[2] - box[0])) / 2
+    return float(box[0] - margin), float(box[1] - margin), float(side)
+
+
+def footprint(draw: Draw, sample: Sample, w: int, h: int, spec: dict[str, Any]) -> tuple[Footprint, int]:
+    """The draw's square footprint in a w x h frame, and its label (a clear tile may fall back to a box)."""
+    rng = random.Random(draw.seed)
+    spec_view, prep = spec["view"], spec["preprocess"]
+    edge = (1 - prep["crop"] / prep["resize"]) / 2  # the share of each side the centre crop drops
+    sides = _level_sides(spec_view, w, h)
+    fine = [s for s in sides if s < min(w, h)] or sides
+
+    def random_fp(choices: list[float]) -> Footprint:
+        side = min(rng.choice(choices) * rng.uniform(*SCALE_JITTER), w, h)
+        return rng.uniform(0, w - side), rng.uniform(0, h - side), side
+
+    if draw.mode == "whole":
+        side = min(w, h) * rng.uniform(0.6, 1.0)
+        return (rng.uniform(0, w - side), rng.uniform(0, h - side), side), draw.label
+    if draw.mode in ("mil", "hard") and draw.hint is not None:
+        x, y, side = draw.hint
+        j = 0.1 * side
+        return _inside((x + rng.uniform(-j, j), y + rng.uniform(-j, j), side * rng.uniform(0.9, 1.1)), w, h), draw.label
+    if draw.mode == "mil":  # no scores yet: the whole-frame tile
+        side = min(w, h)
+        return ((w - side) / 2, (h - side) / 2, side), 1
+    if draw.mode == "clear":
+        for _ in range(20):
+            fp = random_fp(fine)
+            if not any(_touches(fp, b) for b in sample.boxes or ()):
+                return fp, 0
+        draw = Draw(draw.index, "box", 1, draw.seed)
+    if draw.mode == "box":
+        x0, y0, x1, y1 = rng.choice(sample.boxes)
+        side = min(
+            max(rng.choice(fine) * rng.uniform(*SCALE_JITTER), 1.25 * max(x1 - x0, y1 - y0) / (1 - 2 * edge)), w, h
+        )
+        # anywhere that keeps the whole box inside the part of the tile the model sees
+        m = edge * side
+        lo_x, hi_x = max(0.0, x1 + m - side), min(x0 - m, w - side)
+        lo_y, hi_y = max(0.0, y1 + m - side), min(y0 - m, h - side)
+        x = rng.uniform(lo_x, hi_x) if hi_x > lo_x else (x0 + x1 - side) / 2
+        y = rng.uniform(lo_y, hi_y) if hi_y > lo_y else (y0 + y1 - side) / 2
+        return _inside((x, y, side), w, h), 1
+    return random_fp(sides), 0  # a negative frame is negative at every level of the view, the whole frame too
+
+
+def augment(tile: np.ndarray, seed: int) -> np.ndarray:
+    """Mirror, light and colour, as a camera sees them. No vertical flips: the road is below the sky."""
+    rng = np.random.default_rng(seed)
+    if rng.random() < 0.5:
+        tile = tile[:, ::-1]
+    x = tile.astype(np.float32)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.75, 1.25) + mean * rng.uniform(0.75, 1.25)
+    x *= rng.uniform(0.92, 1.08, 3).astype(np.float32)
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)

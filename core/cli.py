@@ -109,6 +109,7 @@ COMMANDS = {
     ),
     "edge-run": ("pothole_edge.edge.cli", "main", "edge", ("onnxruntime", "cv2", "PIL")),
     "edge-clip": ("pothole_edge.edge.cli", "clip_main", "edge", ("onnxruntime", "cv2", "PIL")),
+    "edge-map": ("pothole_edge.edge.cli", "map_main", "edge", ("sqlalchemy", "cv2")),
 }
 
 
@@ -130,3 +131,4 @@ pt_export = functools.partial(launch, "pt-export")
 pt_bench = functools.partial(launch, "pt-bench")
 edge_run = functools.partial(launch, "edge-run")
 edge_clip = functools.partial(launch, "edge-clip")
+edge_map = functools.partial(launch, "edge-map")

@@ -77,6 +77,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-snapshots", dest="snapshots", action="store_false", help="do not write a JPEG per event")
     p.add_argument("--save-video", action="store_true", help="write annotated.mp4")
     p.add_argument("--show", action="store_true", help="open a window when a display exists")
+    g = p.add_argument_group("GPS")
+    g.add_argument(
+        "--gps", metavar="SOURCE", help="drive.gpx, drive.nmea, gpsd[:HOST:PORT] or serial:/dev/ttyUSB0[@BAUD]"
+    )
+    g.add_argument(
+        "--video-start", metavar="ISO8601", help="when --video began, with a zone (default: its creation_time)"
+    )
+    g.add_argument(
+        "--gps-offset",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="seconds to add to the camera clock to reach GPS time (default: 0)",
+    )
+    g.add_argument(
+        "--gps-max-age",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="a position needs a fix this close in time, else it is null (default: 2)",
+    )
+    g.add_argument(
+        "--min-speed",
+        type=float,
+        default=0.0,
+        metavar="KMH",
+        help="do not classify frames slower than this, a car standing still (default: 0)",
+    )
     return p
 
 
@@ -169,6 +197,26 @@ def clip_main(argv: list[str] | None = None) -> None:
             print(f"wrote {path} and {clip.labels_path(path)} from {len(photos)} photos")
         else:
             print(json.dumps(clip.score(args.run_dir, args.labels), indent=2))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def map_main(argv: list[str] | None = None) -> None:
+    """edge-map RUN_DIR... --out DIR: one registry of potholes across drives, and its map."""
+    from pothole_edge.edge.mapping import MapConfig, build
+
+    p = Parser(prog="edge-map", description="Merge edge-run folders into one registry of potholes (SQLite or PostgreSQL) and write a map, GeoJSON, CSV and Open311 requests.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="edge-run output folders (run with --gps)")
+    p.add_argument("--out", default="runs/map", help="where the outputs go (default: runs/map)")
+    p.add_argument("--db", help="an SQLAlchemy URL, e.g. postgresql://user@host/potholes (default: sqlite in --out)")
+    p.add_argument("--radius", type=float, default=8.0, help="metres within which sightings are one pothole (default: 8)")
+    p.add_argument("--repaired-after", type=int, default=3, help="passes without a detection before a pothole is possibly repaired (default: 3)")
+    p.add_argument("--service-code", default="pothole", help="the Open311 service code (default: pothole)")
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        build(MapConfig(runs=tuple(args.runs), out=args.out, db=args.db, radius=args.radius, repaired_after=args.repaired_after, service_code=args.service_code))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

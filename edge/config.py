@@ -34,6 +34,12 @@ class EdgeConfig:
     snapshots: bool = True
     save_video: bool = False
     show: bool = False
+    # where: a track file (.gpx, .nmea), gpsd[:HOST:PORT] or serial:DEVICE[@BAUD]
+    gps: str | None = None
+    video_start: str | None = None  # ISO 8601 with a zone; None: the container's creation_time
+    gps_offset: float = 0.0  # seconds added to the camera's clock to reach GPS time
+    gps_max_age: float = 2.0  # a position needs a fix this close in time, or it is null
+    min_speed: float = 0.0  # km/h: slower frames are not classified (0: classify all)
 
     def source(self) -> tuple[str, int | str]:
         given = [(name, getattr(self, name)) for name in SOURCES if getattr(self, name) is not None]
@@ -74,3 +80,12 @@ class EdgeConfig:
         if not (math.isfinite(self.reconnect_timeout) and self.reconnect_timeout >= 0):
             raise UsageError(f"--reconnect-timeout must be 0 or more seconds, got {self.reconnect_timeout}")
         self.region()
+        if self.gps is not None and self.images is not None:
+            raise UsageError("--gps needs a video, camera or stream: an image folder has no clock to match fixes to")
+        for name in ("gps_offset", "gps_max_age", "min_speed"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"--{name.replace('_', '-')} must be a number, got {getattr(self, name)}")
+        if self.gps_max_age <= 0:
+            raise UsageError(f"--gps-max-age must be above 0 seconds, got {self.gps_max_age}")
+        if self.min_speed < 0 or (self.min_speed and self.gps is None):
+            raise UsageError(f"--min-speed {self.min_speed:g} needs --gps and a speed of 0 km/h or more")

@@ -24,6 +24,7 @@ class Event:
     frames: int  # processed frames inside the event
     open_at_end: bool = False
     peak_tile: list[float] | None = None  # x0, y0, x1, y1 of the tile that decided the peak frame
+    peak_position: dict[str, Any] | None = None  # lat, lon, speed, heading and fix age at the peak frame (--gps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

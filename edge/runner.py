@@ -19,8 +19,9 @@ from pothole_edge.edge.decide import EventDetector
 from pothole_edge.edge.reader import Reader
 from pothole_edge.edge.record import Recorder, StageTimes, claim_out
 from pothole_edge.edge.sources import Frame, open_source
+from pothole_edge.edge.gps import LiveGps, Locator, mp4_creation_time, open_gps, parse_start
 from pothole_edge.edge.video import Annotator
-from pothole_edge.errors import DiskFull
+from pothole_edge.errors import DiskFull, UsageError
 from pothole_edge.fileio import next_free, write_json
 from pothole_edge.session import Runner, open_session
 from pothole_edge.system import default_threads, usable_cores
@@ -65,6 +66,23 @@ def _free_bytes(path: Any) -> int:
         return 1 << 62
 
 
+def _gps(
+    config: EdgeConfig, kind: str, value: Any, stop: threading.Event
+) -> tuple[Locator, LiveGps | None, str] | None:
+    """The run's locator, checked before anything is written: a video needs to know when it began."""
+    if config.gps is None:
+        return None
+    track, live, describe = open_gps(config.gps, config.gps_max_age, stop)
+    start = None
+    if kind == "video":
+        start = parse_start(config.video_start) if config.video_start else mp4_creation_time(value)
+        if start is None:
+            raise UsageError(
+                f"--video {value} has no creation_time to match the GPS clock; pass --video-start, e.g. 2026-11-26T08:15:00+01:00"
+            )
+    return Locator(track, start, config.gps_offset), live, describe
+
+
 def _threads(config: EdgeConfig) -> int:
     cores = usable_cores()
     if config.threads and config.threads > cores:
@@ -92,6 +110,7 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
     spec = meta | {"view": meta["view"] | ({"region": list(config.region())} if config.roi else {})}
     tiles_per_frame = views.tile_count(spec["view"])
     # the output is checked before a camera is waited for, and written only once the source is open
+    gps = _gps(config, kind, value, stop)
     claim = claim_out(config.out or next_free(time.strftime("runs/edge/%Y%m%d-%H%M%S")))
     try:
         source = open_source(kind, value, config.stride, config.reconnect_timeout)
@@ -137,6 +156,8 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
         return tiles, boxes
 
     reader = Reader(source, cut, stop)
+    locator, live_gps, gps_source = gps if gps else (None, None, None)
+    standing = 0
     state: dict[str, Any] = {"status": "running", "processed": 0, "events": 0, "started": time.time()}
     progress = _Progress(getattr(source, "expected", None) or len(getattr(source, "paths", [])) or None)
     first = last = time.perf_counter()
@@ -178,6 +199,9 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
             "reconnects": len(getattr(source, "gaps", [])),
             "gaps": getattr(source, "gaps", []),
             "events": state["events"] if temporal else None,
+            "gps": None
+            if locator is None
+            else {"source": gps_source, "offset_s": config.gps_offset, "standing_frames": standing} | locator.summary(),
             "events_per_1000_frames": round(1000 * state["events"] / processed, 3) if temporal and processed else None,
             "fps": round(fps, 3),
             "model_only_fps": state.get("model_only_fps"),
@@ -189,6 +213,8 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
         }
 
     try:
+        if live_gps is not None:
+            live_gps.start()
         reader.start()
         first = time.perf_counter()
         while True:
@@ -196,6 +222,15 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
             if item is None:
                 break
             frame, tiles, boxes, pre_ms = item
+            where = locator.at(frame.timestamp) if locator is not None else None
+            if (
+                config.min_speed
+                and where
+                and where["speed_mps"] is not None
+                and where["speed_mps"] * 3.6 < config.min_speed
+            ):
+                standing += 1  # a car standing still would see the same pothole for minutes
+                continue
             t = time.perf_counter()
             tile_probs = runner.probs(tiles)
             t_post = time.perf_counter()
@@ -210,6 +245,8 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
             }
             if frame.name is not None:
                 row["file"] = frame.name
+            if where is not None:
+                row |= where
             active = prob >= threshold
             if detector is not None:
                 step = detector.update(frame.index, frame.timestamp, prob)
@@ -229,6 +266,7 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
                     recorder.event({"status": "open", **step.opened.to_dict()})
                 if step.new_peak and detector.current is not None:
                     detector.current.peak_tile = row["tile"]
+                    detector.current.peak_position = where
                     recorder.snapshot(detector.current.id, frame.bgr(), box, prob)
                 row["event"] = detector.current.id if detector.current is not None else None
             recorder.prediction(row)
@@ -260,6 +298,8 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
         interrupted = stop.is_set()
         stop.set()
         reader.join()
+        if live_gps is not None:
+            live_gps.join()
         source.close()
         annotator.close()
         if state["status"] == "running":

@@ -23,7 +23,7 @@ class ExportConfig:
     min_label_agreement: float = 1.0  # FP32: fraction of identical frame labels
     int8_max_accuracy_drop: float = 0.01
     int8_max_auc_drop: float = 0.01
-    fp16_prob_tol: float = 1e-2
+    fp16_prob_tol: float = 2e-2  # FP16 keeps 11 significant bits: logits drift ~0.05 over ~100 layers
     calibration_images: int = 128
     # None: decided from this CPU (7-bit weights on x86 without VNNI, where 8-bit products saturate)
     int8_reduce_range: bool | None = None

@@ -42,15 +42,19 @@ def compare(
     labels: np.ndarray,
     spec: dict[str, Any],
     gate: ExactGate | DropGate,
+    candidate_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Tile probabilities (frames x tiles) of both backends: the probability gate is per tile, labels and
-    metrics per frame after the view's pooling."""
+    """Tile probabilities (frames x tiles) of both backends, compared tile by tile, then frame by frame after the
+    view's pooling. FP32 must reproduce each tile; a reduced-precision candidate is judged on the frames, at its
+    own threshold when it has one (chosen on validation by the same rule)."""
     threshold, class_names = spec["threshold"], spec["class_names"]
+    cand_threshold = threshold if candidate_threshold is None else candidate_threshold
     reference, candidate = frame_probs(ref_tiles, spec["view"]), frame_probs(cand_tiles, spec["view"])
     ref_m = binary_metrics(labels, reference, threshold, class_names)
-    cand_m = binary_metrics(labels, candidate, threshold, class_names)
+    cand_m = binary_metrics(labels, candidate, cand_threshold, class_names)
     diff = np.abs(ref_tiles - cand_tiles)
-    agreement = float(np.mean((reference >= threshold) == (candidate >= threshold)))
+    frame_diff = np.abs(reference - candidate)
+    agreement = float(np.mean((reference >= threshold) == (candidate >= cand_threshold)))
     deltas = {
         k: abs(ref_m[k] - cand_m[k]) for k in FLOAT_METRICS if ref_m.get(k) is not None and cand_m.get(k) is not None
     }
@@ -69,8 +73,8 @@ def compare(
             failures.append(f"accuracy drops {acc_drop:.4f} > {gate.max_accuracy_drop:g}")
         if ref_m["roc_auc"] is not None and ref_m["roc_auc"] - cand_m["roc_auc"] > gate.max_auc_drop:
             failures.append(f"ROC-AUC drops {ref_m['roc_auc'] - cand_m['roc_auc']:.4f} > {gate.max_auc_drop:g}")
-        if gate.prob_tol is not None and diff.max(initial=0) > gate.prob_tol:
-            failures.append(f"max |probability difference| {diff.max():.2e} > {gate.prob_tol:g}")
+        if gate.prob_tol is not None and frame_diff.max(initial=0) > gate.prob_tol:
+            failures.append(f"max |frame probability difference| {frame_diff.max():.2e} > {gate.prob_tol:g}")
     return {
         "name": name,
         "passed": not failures,
@@ -79,6 +83,8 @@ def compare(
         "n": int(labels.size),
         "tiles": int(diff.size),
         "max_abs_prob_diff": float(diff.max(initial=0)),
+        "max_abs_frame_prob_diff": float(frame_diff.max(initial=0)),
+        "candidate_threshold": cand_threshold,
         "mean_abs_prob_diff": float(diff.mean()) if diff.size else 0.0,
         "label_agreement": agreement,
         "metric_abs_diff": deltas,

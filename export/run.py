@@ -118,6 +118,7 @@ def build_metadata(ckpt: dict[str, Any], ckpt_sha256: str, opset: int) -> dict[s
         "variant": "fp32",
         "checkpoint_sha256": ckpt_sha256,
         "training_metrics": {k: ckpt.get("metrics", {}).get(k) for k in keys},
+        "training_config": {k: (ckpt.get("config") or {}).get(k) for k in ("threshold_rule", "max_fpr")},
         "package_version": __version__,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -297,6 +298,7 @@ def _export(
     frame = tiles[0]
     timings = {"fp32": latency(lambda: fp32_runner.probs(frame), config.speed_runs, 5)}
     drop = parity.DropGate(config.int8_max_accuracy_drop, config.int8_max_auc_drop)
+    val = _validation(ckpt_path, ckpt, config)
     wanted = [("int8", config.int8, False), ("int8-trt", config.int8_trt, True)]
     calibration = _calibration(ckpt_path, ckpt, config, samples) if config.int8 or config.int8_trt else None
     for variant, on, trt in wanted:
@@ -310,28 +312,62 @@ def _export(
             "calibration_tiles": len(calibration),
             "activations": "int8 symmetric" if trt else "uint8",
         }
-        _finalise(path, meta | {"variant": variant, "int8": settings}, None)
+        variant_meta = meta | {"variant": variant, "int8": settings}
+        _finalise(path, variant_meta, None)
         runner, got = _onnx_tiles(path, tiles, config.batch_size)
-        reports.append(parity.compare(f"pytorch vs ort {variant}", reference, got, labels, spec, drop))
+        own = _own_threshold(runner, val, variant_meta, path, config)
+        reports.append(parity.compare(f"pytorch vs ort {variant}", reference, got, labels, spec, drop, own))
         timings[variant] = latency(lambda: runner.probs(frame), config.speed_runs, 5)
     if config.fp16:
         path = stage / "model.fp16.onnx"
         variants.fp16(fp32, path)
-        _finalise(path, meta | {"variant": "fp16"}, None)
-        _, got = _onnx_tiles(path, tiles, config.batch_size)
-        reports.append(
-            parity.compare(
-                "pytorch vs ort fp16 (cpu)",
-                reference,
-                got,
-                labels,
-                spec,
-                dataclasses.replace(drop, prob_tol=config.fp16_prob_tol),
-            )
-        )
+        variant_meta = meta | {"variant": "fp16"}
+        _finalise(path, variant_meta, None)
+        runner, got = _onnx_tiles(path, tiles, config.batch_size)
+        own = _own_threshold(runner, val, variant_meta, path, config)
+        fp16_gate = dataclasses.replace(drop, prob_tol=config.fp16_prob_tol)
+        reports.append(parity.compare("pytorch vs ort fp16 (cpu)", reference, got, labels, spec, fp16_gate, own))
     result["cpu_frame_latency"] = _speed(timings, int(tiles.shape[1]), config.speed_runs)
     result["passed"] = all(r["passed"] for r in reports)
     return result
+
+
+def _validation(ckpt_path: Path, ckpt: dict[str, Any], config: ExportConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's validation frames as tiles, where reduced-precision variants choose their own threshold."""
+    rule = (ckpt.get("config") or {}).get("threshold_rule")
+    if config.data or not (config.int8 or config.int8_trt or config.fp16) or rule is None:
+        return None
+    _, labels, tiles = load_tiles(run_samples(ckpt_path.parent, ckpt, "val"), ckpt["spec"], "validation images")
+    return labels, tiles
+
+
+def _own_threshold(
+    runner: Any, val: tuple[np.ndarray, np.ndarray] | None, meta: dict[str, Any], path: Path, config: ExportConfig
+) -> float | None:
+    """A reduced-precision model shifts its scores a little, so its operating point is chosen again, by the
+    checkpoint's rule on the same validation frames, and written into its metadata. Without the run's
+    validation split (--data), it keeps the FP32 threshold."""
+    from pothole_edge.train.metrics import choose_threshold
+
+    if val is None:
+        return None
+    labels, tiles = val
+    probs = parity.frame_probs(
+        runner.probs_batched(tiles.reshape(-1, *tiles.shape[2:]), config.batch_size).reshape(tiles.shape[:2]),
+        meta["view"],
+    )
+    cfg = meta.get("training_config") or {}
+    threshold, how = choose_threshold(labels, probs, cfg.get("threshold_rule", "max-fpr"), cfg.get("max_fpr", 0.02))
+    _finalise(
+        path,
+        meta
+        | {
+            "threshold": threshold,
+            "threshold_method": f"{how}; chosen again for this {meta['variant']} model (FP32's: {meta['threshold']:.4f})",
+        },
+        None,
+    )
+    return threshold
 
 
 def _speed(timings: dict[str, dict[str, Any]], tiles: int, runs: int) -> dict[str, Any]:

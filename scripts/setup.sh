@@ -22,13 +22,18 @@ if [ ! -x .venv-edge/bin/python ]; then
 fi
 say "installing pothole-edge[edge] into .venv-edge: onnxruntime, OpenCV headless, Pillow, numpy (about 350 MB)"
 .venv-edge/bin/python -m pip install -q -e ".[edge]"
-# the stream tests serve video with Debian's ffmpeg
-if ! command -v ffmpeg >/dev/null; then
+# the real parts the tests start: ffmpeg (stream server), gpsd and gpsfake, PostgreSQL, and a headless browser
+declare -A PROVIDES=([ffmpeg]=ffmpeg [gpsd]=gpsd [gpsfake]=gpsd-clients [/usr/lib/postgresql]=postgresql [chromium]=chromium [chromedriver]=chromium-driver)
+missing=()
+for tool in "${!PROVIDES[@]}"; do
+    if [[ "$tool" == /* ]]; then [ -e "$tool" ] || missing+=("${PROVIDES[$tool]}"); else command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("${PROVIDES[$tool]}"); fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian's ffmpeg for the stream tests (about 100 MB)"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg) >/dev/null
+        say "installing Debian's ${missing[*]} for the tests that start real servers and a browser (about 500 MB with chromium)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") >/dev/null
     else
-        say "ffmpeg is missing and cannot be installed here (needs root and apt-get); the stream test will be skipped"
+        say "missing ${missing[*]} and cannot install them here (needs root and apt-get); the tests that need them will be skipped"
     fi
 fi
 say "done: .venv and .venv-edge are ready"

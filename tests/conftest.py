@@ -59,3 +59,22 @@ def trained_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("trained") / "run"
     train(TrainConfig(data=(str(shared_folder),), out=str(out), **(TINY | {"epochs": 3})))
     return out
+
+
+def crash_in_epoch(monkeypatch: pytest.MonkeyPatch, config, epoch: int) -> None:
+    """Train with `config` until a kill in the middle of `epoch` (1-based), as a power cut would leave the run."""
+    from pothole_edge.train import fit
+    from pothole_edge.train.run import train
+
+    real, calls = fit.train_one_epoch, []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fit, "train_one_epoch", dies)
+        with pytest.raises(KeyboardInterrupt):
+            train(config)

@@ -125,6 +125,10 @@ def test_int8_and_fp16_variants_carry_their_own_proof(run_dir, tmp_path):
     from pothole_edge.system import int8_reduce_range_default
 
     assert meta["variant"] == "int8" and meta["int8"]["reduce_range"] == int8_reduce_range_default()[0]
+    # each reduced-precision model gets its own operating point, chosen by the same rule on validation
+    assert "chosen again for this int8 model" in meta["threshold_method"]
+    assert result["reports"][1]["candidate_threshold"] == meta["threshold"]
+    assert metadata.read(tmp_path / "model.onnx")["threshold"] == result["reports"][0]["candidate_threshold"]
     assert (
         json.loads((tmp_path / "export_config.json").read_text())["int8_reduce_range"] == int8_reduce_range_default()[0]
     )

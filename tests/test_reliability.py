@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from pothole_edge.errors import DiskFull, UsageError
 from pothole_edge.train import checkpoint
 from pothole_edge.train.config import TrainConfig
 from pothole_edge.train.run import train
-from tests.conftest import TINY, make_folder, photo
+from tests.conftest import TINY, crash_in_epoch, make_folder, photo
 from tests.test_cli import BIN, assert_usage_error
 from tests.test_edge import BRIGHT, DARK, brightness_meta, brightness_model, edge_run, lines, write_video
 
@@ -43,7 +42,12 @@ def small_disk(path: Path, size: str):
     """A tmpfs of `size` at `path` where the test may mount one; None where it may not."""
     path.mkdir(parents=True, exist_ok=True)
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+            ).returncode
+            == 0
+        )
     except OSError:  # no mount(8) at all
         mounted = False
     try:
@@ -67,7 +71,9 @@ def test_odd_file_names_neither_crash_nor_lose_their_bytes(model, tmp_path):
     assert row["label"] == "pothole" and "\\xff" in row["file"]
     video = write_video(tmp_path / "plain.mp4")
     shutil.copy(video, folder / f"{ODD}.mp4")
-    result = edge_run("--model", str(model), "--video", str(folder / f"{ODD}.mp4"), "--out", str(folder / "out"), "--save-video")
+    result = edge_run(
+        "--model", str(model), "--video", str(folder / f"{ODD}.mp4"), "--out", str(folder / "out"), "--save-video"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((folder / "out" / "summary.json").read_text())["events"] == 2
     from pothole_edge.edge import clip
@@ -75,7 +81,9 @@ def test_odd_file_names_neither_crash_nor_lose_their_bytes(model, tmp_path):
     path = clip.render([(folder / f"{ODD}.png", "pothole")], str(folder / f"{ODD}.mp4.clip.mp4"), 2, (64, 64))
     assert path.is_file() and ODD in clip.labels_path(path).read_text(encoding="utf-8", errors="surrogateescape")
     shutil.copy(model, folder / "model.onnx")
-    result = edge_run("--model", str(folder / "model.onnx"), "--images", str(folder), "--out", str(tmp_path / "odd-model"))
+    result = edge_run(
+        "--model", str(folder / "model.onnx"), "--images", str(folder), "--out", str(tmp_path / "odd-model")
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -206,9 +214,14 @@ def test_exif_orientation_gives_the_edge_the_same_pixels_as_training(tmp_path):
 
 def test_lying_metadata_is_refused_before_anything_is_written(tmp_path, tmp_path_factory):
     video = write_video(tmp_path / "v.mp4", [(DARK, 5)])
-    for i, change in enumerate([{"positive_index": 5}, {"threshold": "high"}, {"class_names": "np"}, {"schema_version": True}]):
+    for i, change in enumerate(
+        [{"positive_index": 5}, {"threshold": "high"}, {"class_names": "np"}, {"schema_version": True}]
+    ):
         bad = brightness_model(tmp_path / f"bad{i}.onnx", meta=brightness_meta() | change)
-        assert_usage_error(edge_run("--model", str(bad), "--video", str(video), "--out", str(tmp_path / "o")), "invalid pothole-edge metadata")
+        assert_usage_error(
+            edge_run("--model", str(bad), "--video", str(video), "--out", str(tmp_path / "o")),
+            "invalid pothole-edge metadata",
+        )
         assert not (tmp_path / "o").exists()
 
 
@@ -216,21 +229,10 @@ def test_lying_metadata_is_refused_before_anything_is_written(tmp_path, tmp_path
 
 
 def test_damaged_checkpoints_are_named_and_resume_falls_back_a_step(shared_folder, tmp_path, monkeypatch):
-    from pothole_edge.train import fit
-
     out = tmp_path / "run"
-    real, calls = fit.train_one_epoch, []
-
-    def dies_in_epoch_three(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit, "train_one_epoch", dies_in_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(data=(str(shared_folder),), out=str(out), **(TINY | {"epochs": 4, "patience": 10})))
-    monkeypatch.setattr(fit, "train_one_epoch", real)
+    crash_in_epoch(
+        monkeypatch, TrainConfig(data=(str(shared_folder),), out=str(out), **(TINY | {"epochs": 4, "patience": 10})), 3
+    )
     last = out / checkpoint.LAST
     data = bytearray(last.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit in the weights
@@ -240,7 +242,9 @@ def test_damaged_checkpoints_are_named_and_resume_falls_back_a_step(shared_folde
     for content in (b"", b"\x00" * 100, os.urandom(5000), bytes(data[: len(data) // 3])):
         last.write_bytes(content)
         (out / "checkpoints" / "last.previous.pt").unlink(missing_ok=True)
-        result = subprocess.run([str(BIN / "pt-train"), "--resume", str(out)], capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [str(BIN / "pt-train"), "--resume", str(out)], capture_output=True, text=True, timeout=300
+        )
         assert_usage_error(result, "last.pt is damaged", "no earlier training state")
         assert "weights_only=False" not in result.stderr
 
@@ -251,7 +255,9 @@ def test_a_pickle_with_code_is_refused_without_advice_to_unpickle_it(tmp_path):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     torch.save({"state_dict": Evil()}, tmp_path / "model.pt")
-    result = subprocess.run([str(BIN / "pt-eval"), str(tmp_path / "model.pt"), "--data", str(tmp_path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(BIN / "pt-eval"), str(tmp_path / "model.pt"), "--data", str(tmp_path)], capture_output=True, text=True
+    )
     assert_usage_error(result, "not a readable checkpoint")
     assert "weights_only" not in result.stderr and not (tmp_path / "pwned").exists()
 
@@ -263,7 +269,12 @@ def test_fifos_and_devices_in_data_folders_are_skipped_not_waited_on(model, tmp_
     root = make_folder(tmp_path / "d", per_class=3)
     os.mkfifo(root / "normal" / "pipe.jpg")
     (root / "pothole" / "zero.jpg").symlink_to("/dev/zero")
-    result = subprocess.run([str(BIN / "pt-eval"), str(model), "--data", str(root), "--out", str(tmp_path / "e")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(BIN / "pt-eval"), str(model), "--data", str(root), "--out", str(tmp_path / "e")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["skipped"] == 2
     folder = tmp_path / "frames"
@@ -278,22 +289,11 @@ def test_fifos_and_devices_in_data_folders_are_skipped_not_waited_on(model, tmp_
 
 
 def test_a_file_deleted_after_the_scan_is_skipped_on_resume(tmp_path, monkeypatch):
-    from pothole_edge.train import fit
-
     root = make_folder(tmp_path / "d", per_class=10)
     out = tmp_path / "run"
-    real, calls = fit.train_one_epoch, []
-
-    def dies_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit, "train_one_epoch", dies_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(data=(str(root),), out=str(out), **(TINY | {"epochs": 3, "patience": 10})))
-    monkeypatch.setattr(fit, "train_one_epoch", real)
+    crash_in_epoch(
+        monkeypatch, TrainConfig(data=(str(root),), out=str(out), **(TINY | {"epochs": 3, "patience": 10})), 2
+    )
     gone = next(r.split(",")[1] for r in (out / "split.csv").read_text().splitlines()[1:] if ",train," in r)
     (root / gone).unlink()
     train(None, resume=str(out))
@@ -307,7 +307,10 @@ def test_a_garbage_manifest_is_one_line(tmp_path):
     (out / "config.json").write_text(json.dumps({"data": [str(root)]} | TINY))
     (out / "data.json").write_text(json.dumps({"roots": [str(root)], "class_names": ["normal", "pothole"]}))
     (out / "split.csv").write_text("these,are\nnot,rows\n")
-    assert_usage_error(subprocess.run([str(BIN / "pt-train"), "--resume", str(out)], capture_output=True, text=True), "split.csv is damaged")
+    assert_usage_error(
+        subprocess.run([str(BIN / "pt-train"), "--resume", str(out)], capture_output=True, text=True),
+        "split.csv is damaged",
+    )
 
 
 # 10. messages
@@ -315,7 +318,20 @@ def test_a_garbage_manifest_is_one_line(tmp_path):
 
 def test_interrupting_training_names_the_run_to_resume(shared_folder, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([str(BIN / "pt-train"), "--data", str(shared_folder), "--out", str(out), *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()], "--epochs", "50"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "pt-train"),
+            "--data",
+            str(shared_folder),
+            "--out",
+            str(out),
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()],
+            "--epochs",
+            "50",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "history.csv").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -336,7 +352,10 @@ def test_a_video_that_stops_decoding_early_says_so(model, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     summary = run(EdgeConfig(model=str(model), video=str(cut), out=str(tmp_path / "run")))
     assert 0 < summary["frames"]["read"] < 150 and summary["status"] == "finished"
-    assert "ended at frame" in summary["source"]["ended_early"] and "of the 200 its header announces" in summary["source"]["ended_early"]
+    assert (
+        "ended at frame" in summary["source"]["ended_early"]
+        and "of the 200 its header announces" in summary["source"]["ended_early"]
+    )
 
 
 # 11. files and races

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, crash_in_epoch
 from pothole_edge.train import fit, metrics
 from pothole_edge.train.config import TrainConfig
 from pothole_edge.errors import UsageError
@@ -100,20 +100,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(shared_folder, tmp_pa
     train(_config(shared_folder, reference, epochs=3, patience=10))
 
     crashed = tmp_path / "crashed"
-    real_epoch, calls = fit.train_one_epoch, []
-
-    def dies_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # what a kill mid-epoch leaves behind
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(fit, "train_one_epoch", dies_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(shared_folder, crashed, epochs=3, patience=10))
+    crash_in_epoch(monkeypatch, _config(shared_folder, crashed, epochs=3, patience=10), 2)
     assert [r["epoch"] for r in _history(crashed)] == ["1"] and not (crashed / "model.pt").exists()
-
-    monkeypatch.setattr(fit, "train_one_epoch", real_epoch)
     train(None, resume=str(crashed))
     straight, resumed = _history(reference), _history(crashed)
     assert [r["epoch"] for r in resumed] == ["1", "2", "3"]
@@ -290,7 +278,9 @@ def test_tile_draws_keep_the_box_in_view_and_clear_tiles_off_every_box():
     from pothole_edge.train.tiles import Draw, footprint, plan_epoch
 
     prep = specs.preprocess(224, 256, "bicubic", [0.5] * 3, [0.5] * 3)
-    spec = specs.describe(["normal", "pothole"], 1, 0.5, "t", prep, specs.view(grids=[[1, 1], [3, 2]], overlap=0.25), "x")
+    spec = specs.describe(
+        ["normal", "pothole"], 1, 0.5, "t", prep, specs.view(grids=[[1, 1], [3, 2]], overlap=0.25), "x"
+    )
     boxes = ((300, 200, 345, 224), (600, 400, 640, 430))
     sample = Sample(0, "p.jpg", 1, "h", "train", "", boxes)
     edge = (1 - 224 / 256) / 2
@@ -298,7 +288,10 @@ def test_tile_draws_keep_the_box_in_view_and_clear_tiles_off_every_box():
         (x, y, side), label = footprint(Draw(0, "box", 1, seed), sample, 800, 500, spec)
         m = edge * side
         assert label == 1 and 0 <= x and x + side <= 800 + 1e-6 and y + side <= 500 + 1e-6
-        assert any(x + m - 1 <= b[0] and b[2] <= x + side - m + 1 and y + m - 1 <= b[1] and b[3] <= y + side - m + 1 for b in boxes)
+        assert any(
+            x + m - 1 <= b[0] and b[2] <= x + side - m + 1 and y + m - 1 <= b[1] and b[3] <= y + side - m + 1
+            for b in boxes
+        )
         (x, y, side), label = footprint(Draw(0, "clear", 0, seed), sample, 800, 500, spec)
         if label == 0:
             assert not any(x < b[2] and b[0] < x + side and y < b[3] and b[1] < y + side for b in boxes)

@@ -39,7 +39,13 @@ class Draw:
 
 
 def plan_epoch(
-    samples: list[Sample], epoch: int, seed: int, labels: str, whole_only: bool, hottest: dict[int, Footprint]
+    samples: list[Sample],
+    epoch: int,
+    seed: int,
+    labels: str,
+    whole_only: bool,
+    hottest: dict[int, Footprint],
+    with_frame: bool = True,
 ) -> list[Draw]:
     """This epoch's draws, shuffled."""
     rng = random.Random(f"{seed}:{epoch}")
@@ -48,7 +54,10 @@ def plan_epoch(
         k = rng.randrange(1 << 30)
         if whole_only:
             draws.append(Draw(i, "whole", s.label, k))
-        elif s.label == 1 and s.boxes and labels == "boxes":
+            continue
+        if with_frame and rng.random() < 0.5:  # the whole-frame tile learns the frame's own label
+            draws.append(Draw(i, "frame", s.label, k + 2))
+        if s.label == 1 and s.boxes and labels == "boxes":
             draws += [Draw(i, "box", 1, k), Draw(i, "clear", 0, k + 1)]
         elif s.label == 1:  # half the time the whole frame, so the bag's widest instance keeps its label too
             draws.append(Draw(i, "mil", 1, k, hottest.get(i) if rng.random() < 0.5 else None))
@@ -94,8 +103,8 @@ def footprint(draw: Draw, sample: Sample, w: int, h: int, spec: dict[str, Any]) 
         side = min(rng.choice(choices) * rng.uniform(*SCALE_JITTER), w, h)
         return rng.uniform(0, w - side), rng.uniform(0, h - side), side
 
-    if draw.mode == "whole":
-        side = min(w, h) * rng.uniform(0.6, 1.0)
+    if draw.mode in ("whole", "frame"):
+        side = min(w, h) * rng.uniform(0.6 if draw.mode == "whole" else 0.8, 1.0)
         return (rng.uniform(0, w - side), rng.uniform(0, h - side), side), draw.label
     if draw.mode in ("mil", "hard") and draw.hint is not None:
         x, y, side = draw.hint

@@ -100,7 +100,7 @@ def _accuracy_measured(
 
 
 def _test_set(run_dir: Path, ckpt: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    from pothole_edge.export.run import run_samples, load_tiles
+    from pothole_edge.export.run import load_tiles, run_samples
 
     try:
         _, labels, tiles = load_tiles(run_samples(run_dir, ckpt, "test"), ckpt["spec"], "test frames")

@@ -105,6 +105,49 @@ def parser() -> argparse.ArgumentParser:
         metavar="KMH",
         help="do not classify frames slower than this, a car standing still (default: 0)",
     )
+    d = p.add_argument_group("delivery")
+    d.add_argument(
+        "--mqtt", metavar="URL", help="publish each event with QoS 1: mqtt://HOST[:PORT], mqtts://, mqtt://USER@HOST"
+    )
+    d.add_argument(
+        "--mqtt-topic", default="potholes", metavar="PREFIX", help="topic PREFIX/VEHICLE/events (default: potholes)"
+    )
+    d.add_argument("--mqtt-ca", metavar="FILE", help="CA file for mqtts://")
+    d.add_argument(
+        "--mqtt-password-env",
+        default="POTHOLE_EDGE_MQTT_PASSWORD",
+        metavar="VAR",
+        help="environment variable with the MQTT password (default: POTHOLE_EDGE_MQTT_PASSWORD)",
+    )
+    d.add_argument("--webhook", metavar="URL", help="POST each event as JSON to this http(s):// URL")
+    d.add_argument(
+        "--webhook-secret-env",
+        metavar="VAR",
+        help="environment variable with the secret that signs the body (X-Pothole-Signature, HMAC-SHA256)",
+    )
+    d.add_argument("--vehicle-id", help="this vehicle's name in topics and messages (default: the host name)")
+    d.add_argument(
+        "--outbox",
+        metavar="PATH",
+        help="the disk outbox, shared by every run (default: ~/.local/state/pothole-edge/outbox.sqlite)",
+    )
+    d.add_argument(
+        "--outbox-max",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="messages the outbox holds; when full the oldest goes, counted (default: 100000)",
+    )
+    d.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to keep sending after the run; the rest stays queued (default: 10)",
+    )
+    d.add_argument(
+        "--attach-snapshot", action="store_true", help="put the snapshot in the message as base64, not its path"
+    )
     return p
 
 
@@ -206,17 +249,36 @@ def map_main(argv: list[str] | None = None) -> None:
     """edge-map RUN_DIR... --out DIR: one registry of potholes across drives, and its map."""
     from pothole_edge.edge.mapping import MapConfig, build
 
-    p = Parser(prog="edge-map", description="Merge edge-run folders into one registry of potholes (SQLite or PostgreSQL) and write a map, GeoJSON, CSV and Open311 requests.")
+    p = Parser(
+        prog="edge-map",
+        description="Merge edge-run folders into one registry of potholes (SQLite or PostgreSQL) and write a map, GeoJSON, CSV and Open311 requests.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="edge-run output folders (run with --gps)")
     p.add_argument("--out", default="runs/map", help="where the outputs go (default: runs/map)")
     p.add_argument("--db", help="an SQLAlchemy URL, e.g. postgresql://user@host/potholes (default: sqlite in --out)")
-    p.add_argument("--radius", type=float, default=8.0, help="metres within which sightings are one pothole (default: 8)")
-    p.add_argument("--repaired-after", type=int, default=3, help="passes without a detection before a pothole is possibly repaired (default: 3)")
+    p.add_argument(
+        "--radius", type=float, default=8.0, help="metres within which sightings are one pothole (default: 8)"
+    )
+    p.add_argument(
+        "--repaired-after",
+        type=int,
+        default=3,
+        help="passes without a detection before a pothole is possibly repaired (default: 3)",
+    )
     p.add_argument("--service-code", default="pothole", help="the Open311 service code (default: pothole)")
     args = p.parse_args(argv)
     setup_logging()
     try:
-        build(MapConfig(runs=tuple(args.runs), out=args.out, db=args.db, radius=args.radius, repaired_after=args.repaired_after, service_code=args.service_code))
+        build(
+            MapConfig(
+                runs=tuple(args.runs),
+                out=args.out,
+                db=args.db,
+                radius=args.radius,
+                repaired_after=args.repaired_after,
+                service_code=args.service_code,
+            )
+        )
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

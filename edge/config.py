@@ -40,6 +40,20 @@ class EdgeConfig:
     gps_offset: float = 0.0  # seconds added to the camera's clock to reach GPS time
     gps_max_age: float = 2.0  # a position needs a fix this close in time, or it is null
     min_speed: float = 0.0  # km/h: slower frames are not classified (0: classify all)
+    # delivery: each closed event goes to the outbox, then to every destination
+    mqtt: str | None = None  # mqtt://HOST[:PORT] or mqtts://
+    mqtt_topic: str = "potholes"  # topic prefix: PREFIX/VEHICLE/events
+    mqtt_ca: str | None = None  # CA file for mqtts://
+    mqtt_password_env: str = "POTHOLE_EDGE_MQTT_PASSWORD"  # the password for mqtt://USER@HOST comes from here
+    webhook: str | None = None  # an http(s):// URL to POST each event to
+    webhook_secret_env: str | None = None  # environment variable holding the HMAC-SHA256 secret
+    vehicle_id: str | None = None  # None: this host's name
+    outbox: str | None = None  # None: the per-user state directory, shared by every run
+    outbox_max: int = 100_000  # messages; when full, the oldest goes (counted)
+    drain_timeout: float = 10.0  # seconds given to delivery at the end of a run
+    attach_snapshot: bool = False  # put the snapshot in the message, base64, instead of its path
+    clips: str | None = None  # "PRE,POST" seconds: clips/event_NNNNN.mp4 around each event
+    max_storage: str | None = None  # e.g. "2GB": cap on clips, snapshots and annotated video
 
     def source(self) -> tuple[str, int | str]:
         given = [(name, getattr(self, name)) for name in SOURCES if getattr(self, name) is not None]
@@ -87,5 +101,15 @@ class EdgeConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be a number, got {getattr(self, name)}")
         if self.gps_max_age <= 0:
             raise UsageError(f"--gps-max-age must be above 0 seconds, got {self.gps_max_age}")
+        if self.clips is not None:
+            from pothole_edge.edge.clips import parse_clips
+
+            parse_clips(self.clips)
+        if self.max_storage is not None:
+            from pothole_edge.edge.clips import parse_size
+
+            parse_size(self.max_storage)
+        if self.outbox_max < 1 or not (math.isfinite(self.drain_timeout) and self.drain_timeout >= 0):
+            raise UsageError("--outbox-max must be 1 or more and --drain-timeout 0 or more seconds")
         if self.min_speed < 0 or (self.min_speed and self.gps is None):
             raise UsageError(f"--min-speed {self.min_speed:g} needs --gps and a speed of 0 km/h or more")

@@ -15,7 +15,18 @@ from typing import Any
 from pothole_edge.fileio import write_json, write_text
 
 ASSETS = Path(__file__).with_name("assets")
-FIELDS = ("id", "lat", "lon", "sightings", "first_seen", "last_seen", "max_prob", "possibly_repaired", "best_snapshot", "runs")
+FIELDS = (
+    "id",
+    "lat",
+    "lon",
+    "sightings",
+    "first_seen",
+    "last_seen",
+    "max_prob",
+    "possibly_repaired",
+    "best_snapshot",
+    "runs",
+)
 
 
 def _iso(t: float) -> str:
@@ -38,7 +49,12 @@ def properties(p: dict[str, Any]) -> dict[str, Any]:
 def geojson(potholes: list[dict[str, Any]]) -> dict[str, Any]:
     """A FeatureCollection of Points; RFC 7946 orders coordinates longitude first, in WGS 84."""
     features = [
-        {"type": "Feature", "id": p["id"], "geometry": {"type": "Point", "coordinates": [round(p["lon"], 7), round(p["lat"], 7)]}, "properties": properties(p)}
+        {
+            "type": "Feature",
+            "id": p["id"],
+            "geometry": {"type": "Point", "coordinates": [round(p["lon"], 7), round(p["lat"], 7)]},
+            "properties": properties(p),
+        }
         for p in potholes
     ]
     return {"type": "FeatureCollection", "features": features}
@@ -50,7 +66,20 @@ def csv_text(potholes: list[dict[str, Any]]) -> str:
     writer.writerow(FIELDS)
     for p in potholes:
         props = properties(p)
-        writer.writerow([p["id"], f"{p['lat']:.7f}", f"{p['lon']:.7f}", props["sightings"], props["first_seen"], props["last_seen"], props["max_prob"], props["possibly_repaired"], props["best_snapshot"] or "", ";".join(props["runs"])])
+        writer.writerow(
+            [
+                p["id"],
+                f"{p['lat']:.7f}",
+                f"{p['lon']:.7f}",
+                props["sightings"],
+                props["first_seen"],
+                props["last_seen"],
+                props["max_prob"],
+                props["possibly_repaired"],
+                props["best_snapshot"] or "",
+                ";".join(props["runs"]),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -83,7 +112,9 @@ def _thumbnail(path: str | None, side: int = 240) -> str | None:
             return None
         scale = side / max(image.shape[:2])
         if scale < 1:
-            image = cv2.resize(image, (int(image.shape[1] * scale), int(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+            image = cv2.resize(
+                image, (int(image.shape[1] * scale), int(image.shape[0] * scale)), interpolation=cv2.INTER_AREA
+            )
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
         return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
     except (OSError, ValueError):
@@ -142,12 +173,25 @@ def popup(p: dict[str, Any]) -> str:
 
 def map_html(potholes: list[dict[str, Any]], tracks: list[dict[str, Any]]) -> str:
     data = {
-        "potholes": [{"id": p["id"], "lat": p["lat"], "lon": p["lon"], "possibly_repaired": bool(p["possibly_repaired"]), "popup": popup(p)} for p in potholes],
+        "potholes": [
+            {
+                "id": p["id"],
+                "lat": p["lat"],
+                "lon": p["lon"],
+                "possibly_repaired": bool(p["possibly_repaired"]),
+                "popup": popup(p),
+            }
+            for p in potholes
+        ],
         "tracks": tracks,
     }
     # "</" inside inline JSON would end the script element
     blob = json.dumps(data).replace("</", "<\\/")
-    return PAGE.format(css=(ASSETS / "leaflet.css").read_text(encoding="utf-8"), js=(ASSETS / "leaflet.js").read_text(encoding="utf-8"), data=blob)
+    return PAGE.format(
+        css=(ASSETS / "leaflet.css").read_text(encoding="utf-8"),
+        js=(ASSETS / "leaflet.js").read_text(encoding="utf-8"),
+        data=blob,
+    )
 
 
 def write_all(out: Path, potholes: list[dict[str, Any]], tracks: list[dict[str, Any]], service_code: str) -> None:

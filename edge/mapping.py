@@ -51,7 +51,18 @@ def build(config: MapConfig) -> dict[str, Any]:
             log.info("%s is in the registry already; nothing changes", run.run_dir)
     potholes, tracks = registry.potholes(), registry.tracks()
     mapfiles.write_all(out, potholes, tracks, config.service_code)
-    summary = {"runs_given": len(runs), "runs_added": added, "potholes": len(potholes), "possibly_repaired": sum(1 for p in potholes if p["possibly_repaired"]), "drives": len(tracks)}
+    summary = {
+        "runs_given": len(runs),
+        "runs_added": added,
+        "potholes": len(potholes),
+        "possibly_repaired": sum(1 for p in potholes if p["possibly_repaired"]),
+        "drives": len(tracks),
+    }
     write_json(out / "config.json", dataclasses.asdict(config))
-    log.info("%d pothole(s) from %d drive(s) -> %s (map.html, potholes.geojson, potholes.csv, open311.json)", len(potholes), len(tracks), out)
+    log.info(
+        "%d pothole(s) from %d drive(s) -> %s (map.html, potholes.geojson, potholes.csv, open311.json)",
+        len(potholes),
+        len(tracks),
+        out,
+    )
     return summary

@@ -21,8 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pothole_edge.errors import DiskFull, UsageError, is_disk_full
 from pothole_edge.edge.video import draw_tile
+from pothole_edge.errors import DiskFull, UsageError, is_disk_full
 from pothole_edge.fileio import ensure_writable_dir, first_missing, write_bytes, write_json
 from pothole_edge.timing import stats
 
@@ -103,6 +103,7 @@ class Recorder:
         self._sync_every, self._last_sync = sync_every_s, time.monotonic()
         self.dropped_snapshots = 0
         self.disk_full: str | None = None
+        self.optional = True  # snapshots, clips and the annotated video; a full disk stops them first
 
     def _open(self, name: str) -> int:
         return os.open(self.out / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
@@ -115,9 +116,10 @@ class Recorder:
         self.sync()
 
     def stop_optional(self, why: str) -> None:
-        """No more snapshots: the space left goes to the lines that record what the camera saw."""
-        if self.snapshots is not None:
-            log.warning("%s: snapshots stop; predictions and events go on", why)
+        """No more snapshots or clips: the space left goes to the lines that record what the camera saw."""
+        if self.optional:
+            log.warning("%s: snapshots and clips stop; predictions and events go on", why)
+            self.optional = False
             self.snapshots = None
 
     def snapshot(

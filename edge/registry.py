@@ -30,7 +30,8 @@ def tables(metadata: Any) -> dict[str, Any]:
 
     return {
         "runs": Table(
-            "runs", metadata,
+            "runs",
+            metadata,
             Column("id", Integer, primary_key=True),
             Column("key", String(64), nullable=False, unique=True),
             Column("run_dir", Text, nullable=False),
@@ -40,7 +41,8 @@ def tables(metadata: Any) -> dict[str, Any]:
             Column("track", Text),  # JSON [[lat, lon], ...], thinned to a point every few metres
         ),
         "potholes": Table(
-            "potholes", metadata,
+            "potholes",
+            metadata,
             Column("id", Integer, primary_key=True),
             Column("lat", Float, nullable=False),
             Column("lon", Float, nullable=False),
@@ -52,7 +54,8 @@ def tables(metadata: Any) -> dict[str, Any]:
             Column("possibly_repaired", Boolean, nullable=False, default=False),
         ),
         "sightings": Table(
-            "sightings", metadata,
+            "sightings",
+            metadata,
             Column("id", Integer, primary_key=True),
             Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
             Column("pothole_id", Integer, ForeignKey("potholes.id"), nullable=False),
@@ -64,7 +67,8 @@ def tables(metadata: Any) -> dict[str, Any]:
             Column("snapshot", Text),
         ),
         "passes": Table(
-            "passes", metadata,
+            "passes",
+            metadata,
             Column("id", Integer, primary_key=True),
             Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
             Column("pothole_id", Integer, ForeignKey("potholes.id"), nullable=False),
@@ -110,9 +114,13 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 def read_run(run_dir: Path) -> Run:
     """An edge-run output folder: its positioned events, and the track its frames drove."""
-    events_path, predictions_path, summary_path = (run_dir / n for n in ("events.jsonl", "predictions.jsonl", "summary.json"))
+    events_path, predictions_path, summary_path = (
+        run_dir / n for n in ("events.jsonl", "predictions.jsonl", "summary.json")
+    )
     if not events_path.is_file() or not predictions_path.is_file():
-        raise UsageError(f"{run_dir} is not an edge-run output folder (no events.jsonl or predictions.jsonl); pass the folders edge-run wrote")
+        raise UsageError(
+            f"{run_dir} is not an edge-run output folder (no events.jsonl or predictions.jsonl); pass the folders edge-run wrote"
+        )
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     except (OSError, ValueError):
@@ -124,9 +132,24 @@ def read_run(run_dir: Path) -> Run:
         if e.get("status") != "closed" or where.get("lat") is None or e.get("peak_time") is None:
             continue
         snapshot = run_dir / "snapshots" / f"event_{e['id']:05d}.jpg"
-        sightings.append(Sighting(e["id"], _unix(e["peak_time"], where), where["lat"], where["lon"], e["peak_prob"], str(snapshot) if snapshot.is_file() else None))
-    track = [(_unix(r["time"], r), r["lat"], r["lon"]) for r in _jsonl(predictions_path) if r.get("lat") is not None and r.get("time") is not None]
-    return Run(key, run_dir, summary.get("started_at"), sightings, _thin(track), (summary.get("gps") or {}).get("distance_m"))
+        sightings.append(
+            Sighting(
+                e["id"],
+                _unix(e["peak_time"], where),
+                where["lat"],
+                where["lon"],
+                e["peak_prob"],
+                str(snapshot) if snapshot.is_file() else None,
+            )
+        )
+    track = [
+        (_unix(r["time"], r), r["lat"], r["lon"])
+        for r in _jsonl(predictions_path)
+        if r.get("lat") is not None and r.get("time") is not None
+    ]
+    return Run(
+        key, run_dir, summary.get("started_at"), sightings, _thin(track), (summary.get("gps") or {}).get("distance_m")
+    )
 
 
 def _unix(t: float, where: dict[str, Any]) -> float:
@@ -152,7 +175,9 @@ def engine_for(url: str | None, out: Path) -> Any:
     try:
         return create_engine(url)
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
-        raise UsageError(f"--db {url}: {str(e).splitlines()[0][:160]}; give an SQLAlchemy URL such as sqlite:///potholes.sqlite or postgresql://user@host/db (pip install 'pothole-edge[fleet]')") from None
+        raise UsageError(
+            f"--db {url}: {str(e).splitlines()[0][:160]}; give an SQLAlchemy URL such as sqlite:///potholes.sqlite or postgresql://user@host/db (pip install 'pothole-edge[fleet]')"
+        ) from None
 
 
 class Registry:
@@ -173,17 +198,46 @@ class Registry:
             if db.execute(select(runs.c.id).where(runs.c.key == run.key)).first():
                 return False
             first = run.track[0][0] if run.track else (run.sightings[0].time if run.sightings else None)
-            run_id = db.execute(runs.insert().values(key=run.key, run_dir=str(run.run_dir), started_at=run.started_at, first_time=first, distance_m=run.distance_m, track=json.dumps([[round(a, 7), round(b, 7)] for _, a, b in run.track]))).inserted_primary_key[0]
+            run_id = db.execute(
+                runs.insert().values(
+                    key=run.key,
+                    run_dir=str(run.run_dir),
+                    started_at=run.started_at,
+                    first_time=first,
+                    distance_m=run.distance_m,
+                    track=json.dumps([[round(a, 7), round(b, 7)] for _, a, b in run.track]),
+                )
+            ).inserted_primary_key[0]
             known = [dict(r._mapping) for r in db.execute(select(potholes))]
             touched = set()
             for s in sorted(run.sightings, key=lambda s: s.time):
                 near = min(known, key=lambda p: distance_m(p["lat"], p["lon"], s.lat, s.lon), default=None)
                 if near is None or distance_m(near["lat"], near["lon"], s.lat, s.lon) > self.radius_m:
-                    row = {"lat": s.lat, "lon": s.lon, "sightings": 0, "first_seen": s.time, "last_seen": s.time, "max_prob": s.prob, "best_snapshot": s.snapshot, "possibly_repaired": False}
+                    row = {
+                        "lat": s.lat,
+                        "lon": s.lon,
+                        "sightings": 0,
+                        "first_seen": s.time,
+                        "last_seen": s.time,
+                        "max_prob": s.prob,
+                        "best_snapshot": s.snapshot,
+                        "possibly_repaired": False,
+                    }
                     row["id"] = db.execute(potholes.insert().values(**row)).inserted_primary_key[0]
                     known.append(row)
                     near = row
-                db.execute(sightings.insert().values(run_id=run_id, pothole_id=near["id"], event_id=s.event_id, time=s.time, lat=s.lat, lon=s.lon, prob=s.prob, snapshot=s.snapshot))
+                db.execute(
+                    sightings.insert().values(
+                        run_id=run_id,
+                        pothole_id=near["id"],
+                        event_id=s.event_id,
+                        time=s.time,
+                        lat=s.lat,
+                        lon=s.lon,
+                        prob=s.prob,
+                        snapshot=s.snapshot,
+                    )
+                )
                 touched.add(near["id"])
                 self._refresh(db, near, s)
             self._record_passes(db, run_id, run, known, touched)
@@ -198,8 +252,11 @@ class Registry:
         pothole["lon"] = statistics.median(r.lon for r in rows)
         better = s.prob > pothole["max_prob"] or pothole["best_snapshot"] is None
         values = {
-            "lat": pothole["lat"], "lon": pothole["lon"], "sightings": len(rows),
-            "first_seen": min(pothole["first_seen"], s.time), "last_seen": max(pothole["last_seen"], s.time),
+            "lat": pothole["lat"],
+            "lon": pothole["lon"],
+            "sightings": len(rows),
+            "first_seen": min(pothole["first_seen"], s.time),
+            "last_seen": max(pothole["last_seen"], s.time),
             "max_prob": max(pothole["max_prob"], s.prob),
         }
         if better and s.snapshot:
@@ -217,8 +274,15 @@ class Registry:
             if not close and p["id"] not in detected:
                 continue
             when = close[0] if close else p["last_seen"]
-            db.execute(passes.insert().values(run_id=run_id, pothole_id=p["id"], time=when, detected=p["id"] in detected))
-            history = db.execute(select(passes.c.detected).where(passes.c.pothole_id == p["id"]).order_by(passes.c.time.desc(), passes.c.id.desc()).limit(self.repaired_after)).all()
+            db.execute(
+                passes.insert().values(run_id=run_id, pothole_id=p["id"], time=when, detected=p["id"] in detected)
+            )
+            history = db.execute(
+                select(passes.c.detected)
+                .where(passes.c.pothole_id == p["id"])
+                .order_by(passes.c.time.desc(), passes.c.id.desc())
+                .limit(self.repaired_after)
+            ).all()
             repaired = len(history) == self.repaired_after and not any(h.detected for h in history)
             db.execute(potholes.update().where(potholes.c.id == p["id"]).values(possibly_repaired=repaired))
 
@@ -229,7 +293,9 @@ class Registry:
         with self.engine.connect() as db:
             rows = [dict(r._mapping) for r in db.execute(select(potholes).order_by(potholes.c.id))]
             seen_by: dict[int, list[str]] = {}
-            for r in db.execute(select(sightings.c.pothole_id, runs.c.run_dir).join(runs, runs.c.id == sightings.c.run_id).distinct()):
+            for r in db.execute(
+                select(sightings.c.pothole_id, runs.c.run_dir).join(runs, runs.c.id == sightings.c.run_id).distinct()
+            ):
                 seen_by.setdefault(r.pothole_id, []).append(r.run_dir)
         for r in rows:
             r["runs"] = sorted(seen_by.get(r["id"], []))
@@ -240,4 +306,7 @@ class Registry:
 
         runs = self.t["runs"]
         with self.engine.connect() as db:
-            return [{"run_dir": r.run_dir, "points": json.loads(r.track or "[]")} for r in db.execute(select(runs.c.run_dir, runs.c.track).order_by(runs.c.id))]
+            return [
+                {"run_dir": r.run_dir, "points": json.loads(r.track or "[]")}
+                for r in db.execute(select(runs.c.run_dir, runs.c.track).order_by(runs.c.id))
+            ]

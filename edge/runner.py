@@ -5,21 +5,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import socket
+import sqlite3
 import sys
 import threading
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pothole_edge import preprocess
 from pothole_edge import view as views
+from pothole_edge.edge.clips import Storage, Writer, parse_clips, parse_size
 from pothole_edge.edge.config import EdgeConfig
-from pothole_edge.edge.decide import EventDetector
+from pothole_edge.edge.decide import Event, EventDetector
+from pothole_edge.edge.delivery import Delivery, Mqtt, Webhook, event_id
+from pothole_edge.edge.gps import LiveGps, Locator, mp4_creation_time, open_gps, parse_start
+from pothole_edge.edge.outbox import Outbox
+from pothole_edge.edge.outbox import default_path as default_outbox
 from pothole_edge.edge.reader import Reader
 from pothole_edge.edge.record import Recorder, StageTimes, claim_out
 from pothole_edge.edge.sources import Frame, open_source
-from pothole_edge.edge.gps import LiveGps, Locator, mp4_creation_time, open_gps, parse_start
 from pothole_edge.edge.video import Annotator
 from pothole_edge.errors import DiskFull, UsageError
 from pothole_edge.fileio import next_free, write_json
@@ -83,6 +91,54 @@ def _gps(
     return Locator(track, start, config.gps_offset), live, describe
 
 
+def _delivery(config: EdgeConfig) -> tuple[Delivery, str] | None:
+    """The run's destinations around the shared disk outbox, checked before anything is written."""
+    if not (config.mqtt or config.webhook):
+        return None
+    vehicle = config.vehicle_id or socket.gethostname()
+    destinations: list[tuple[str, Any]] = []
+    if config.webhook:
+        destinations.append((f"webhook:{config.webhook}", Webhook(config.webhook, config.webhook_secret_env)))
+    if config.mqtt:
+        destinations.append(
+            (
+                f"mqtt:{config.mqtt}",
+                Mqtt(config.mqtt, vehicle, config.mqtt_topic, config.mqtt_ca, config.mqtt_password_env),
+            )
+        )
+    path = Path(config.outbox) if config.outbox else default_outbox()
+    try:
+        outbox = Outbox(path, config.outbox_max)
+    except (OSError, sqlite3.Error) as e:
+        raise UsageError(f"cannot open the outbox {path}: {e}; pass --outbox with a writable path") from None
+    return Delivery(outbox, destinations), vehicle
+
+
+def _message(
+    event: Event, vehicle: str, run_name: str, clock: Any, meta: dict[str, Any], snapshot: Path | None, attach: bool
+) -> dict[str, Any]:
+    """The JSON every destination gets for a closed event. The snapshot is named by its path; with
+    --attach-snapshot the sender puts its bytes in when it sends (the writer thread may still be saving it)."""
+    return {
+        "event_id": event_id(vehicle, run_name, event.id),
+        "vehicle": vehicle,
+        "run": run_name,
+        "event": event.id,
+        "opened_at": clock(event.start_time),
+        "closed_at": clock(event.end_time),
+        "peak_prob": round(event.peak_prob, 6),
+        "peak_at": clock(event.peak_time),
+        "frames": [event.start_frame, event.end_frame],
+        "position": event.peak_position if event.peak_position and event.peak_position.get("lat") is not None else None,
+        "snapshot": {"path": str(snapshot), "attach": attach} if snapshot is not None else None,
+        "model": {
+            "arch": meta.get("arch"),
+            "variant": meta.get("variant"),
+            "checkpoint_sha256": meta.get("checkpoint_sha256"),
+        },
+    }
+
+
 def _threads(config: EdgeConfig) -> int:
     cores = usable_cores()
     if config.threads and config.threads > cores:
@@ -111,6 +167,9 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
     tiles_per_frame = views.tile_count(spec["view"])
     # the output is checked before a camera is waited for, and written only once the source is open
     gps = _gps(config, kind, value, stop)
+    clips = parse_clips(config.clips) if config.clips else None
+    storage_cap = parse_size(config.max_storage) if config.max_storage else None
+    delivery = _delivery(config)
     claim = claim_out(config.out or next_free(time.strftime("runs/edge/%Y%m%d-%H%M%S")))
     try:
         source = open_source(kind, value, config.stride, config.reconnect_timeout)
@@ -119,6 +178,9 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
         raise
     try:
         recorder = Recorder(claim, snapshots=config.snapshots)
+        writer = Writer(
+            recorder.out, recorder, Storage(recorder.out, storage_cap, lambda e: delivered(e)), clips, source.fps
+        ).start()
     except BaseException:
         source.close()
         claim.release()
@@ -158,7 +220,39 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
     reader = Reader(source, cut, stop)
     locator, live_gps, gps_source = gps if gps else (None, None, None)
     standing = 0
-    state: dict[str, Any] = {"status": "running", "processed": 0, "events": 0, "started": time.time()}
+    run_name = f"{recorder.out.name}@{_iso(state_started := time.time())}"
+
+    def clock(t: float | None) -> str | None:
+        """An event time as ISO 8601 UTC: live frames carry Unix time, a video's need its start (from --gps)."""
+        if t is None:
+            return None
+        if kind in ("camera", "stream"):
+            absolute = t
+        elif locator is not None and locator.start is not None:
+            absolute = locator.start + t + locator.offset_s
+        else:
+            return None
+        return _iso_utc(absolute)
+
+    closed_events: set[int] = set()
+
+    def delivered(event: int) -> bool:
+        """Whether the office has the event. An open event is never delivered; with no destination, a closed
+        one has nothing to wait for."""
+        if event not in closed_events:
+            return False
+        return delivery is None or not delivery[0].outbox.holds(event_id(delivery[1], run_name, event))
+
+    def deliver(event: Event) -> None:
+        if delivery is not None:
+            snapshot = recorder.snapshots / f"event_{event.id:05d}.jpg" if recorder.snapshots else None
+            delivery[0].queue(
+                event_id(delivery[1], run_name, event.id),
+                _message(event, delivery[1], run_name, clock, meta, snapshot, config.attach_snapshot),
+            )
+        closed_events.add(event.id)  # after the outbox has it: from here on the outbox says whether it arrived
+
+    state: dict[str, Any] = {"status": "running", "processed": 0, "events": 0, "started": state_started}
     progress = _Progress(getattr(source, "expected", None) or len(getattr(source, "paths", [])) or None)
     first = last = time.perf_counter()
     example, last_summary, last_space_check = None, time.monotonic(), 0.0
@@ -203,6 +297,9 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
             if locator is None
             else {"source": gps_source, "offset_s": config.gps_offset, "standing_frames": standing} | locator.summary(),
             "events_per_1000_frames": round(1000 * state["events"] / processed, 3) if temporal and processed else None,
+            "delivery": state.get("delivery") if delivery is not None else None,
+            "storage": writer.summary() if state["status"] != "running" else None,
+            "delivery_run": run_name if delivery is not None else None,
             "fps": round(fps, 3),
             "model_only_fps": state.get("model_only_fps"),
             "fps_ratio": round(fps / state["model_only_fps"], 4) if state.get("model_only_fps") else None,
@@ -215,6 +312,8 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
     try:
         if live_gps is not None:
             live_gps.start()
+        if delivery is not None:
+            delivery[0].start()
         reader.start()
         first = time.perf_counter()
         while True:
@@ -254,6 +353,8 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
                 row |= {"smoothed": round(step.smoothed, 6), "state": label_of[step.active]}
                 if step.closed:
                     recorder.event({"status": "closed", **step.closed.to_dict()})
+                    writer.closed(step.closed.id, step.closed.end_time or 0.0)
+                    deliver(step.closed)
                     log.info(
                         "event %d: frames %d-%d, peak %.3f",
                         step.closed.id,
@@ -264,18 +365,25 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
                 if step.opened:
                     state["events"] += 1
                     recorder.event({"status": "open", **step.opened.to_dict()})
+                    writer.opened(step.opened.id, frame.timestamp or 0.0)
                 if step.new_peak and detector.current is not None:
                     detector.current.peak_tile = row["tile"]
                     detector.current.peak_position = where
-                    recorder.snapshot(detector.current.id, frame.bgr(), box, prob)
+                    if recorder.snapshots is not None:
+                        writer.snapshot(detector.current.id, frame.bgr(), box, prob)
                 row["event"] = detector.current.id if detector.current is not None else None
             recorder.prediction(row)
+            if temporal and frame.timestamp is not None:
+                writer.frame(frame.timestamp, frame.bgr())
             if annotator.active and not annotator.write(frame.bgr(), prob, active, box):
                 stop.set()  # the user closed the --show window
             if time.monotonic() - last_space_check >= 1.0:
                 last_space_check = time.monotonic()
                 if _free_bytes(recorder.out) < MIN_FREE_BYTES:
                     recorder.stop_optional(f"less than {MIN_FREE_BYTES >> 20} MB free on the output disk")
+                    annotator.stop_file()
+                elif annotator.path is not None and not writer.storage.make_room():
+                    log.warning("--max-storage reached with nothing delivered to remove")
                     annotator.stop_file()
             last = time.perf_counter()
             times.add("read", frame.read_ms)
@@ -302,6 +410,7 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
             live_gps.join()
         source.close()
         annotator.close()
+        writer.close()
         if state["status"] == "running":
             state["status"] = "stopped" if interrupted else "failed"
         if detector is not None:
@@ -311,6 +420,7 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
                     recorder.event({"status": "closed", **tail.to_dict()})
                 except DiskFull:
                     state["status"] = "disk full"
+                deliver(tail)
                 log.info(
                     "event %d: frames %d-%d, peak %.3f (open when the run ended)",
                     tail.id,
@@ -320,6 +430,9 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
                 )
         if example is not None and state["status"] == "finished":
             state["model_only_fps"] = round(model_only_fps(runner, example), 3)
+        if delivery is not None:
+            state["delivery"] = delivery[0].finish(config.drain_timeout)
+            delivery[0].close()
         result = summary()
         if recorder.disk_full:
             result["status"], result["disk_full"] = "disk full", recorder.disk_full
@@ -341,6 +454,10 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
 
 def _round(t: float | None) -> float | None:
     return None if t is None else round(t, 3)
+
+
+def _iso_utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _iso(t: float) -> str:

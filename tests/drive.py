@@ -26,7 +26,14 @@ def position(t: float, jitter_m: float = 0.0, rng: np.random.Generator | None = 
     return LAT0 + north / M_PER_DEG_LAT, LON0 + east / (M_PER_DEG_LAT * math.cos(math.radians(LAT0)))
 
 
-def write_gpx(path: Path, seconds: int, jitter_m: float = 0.0, seed: int = 0, gap: tuple[float, float] | None = None, shift_s: float = 0.0) -> Path:
+def write_gpx(
+    path: Path,
+    seconds: int,
+    jitter_m: float = 0.0,
+    seed: int = 0,
+    gap: tuple[float, float] | None = None,
+    shift_s: float = 0.0,
+) -> Path:
     """One fix per second; none inside `gap` (seconds from START); clock shifted by `shift_s`."""
     import gpxpy.gpx
 
@@ -56,8 +63,14 @@ def nmea_lines(seconds: int) -> list[str]:
         lat_s = f"{int(lat):02d}{(lat % 1) * 60:07.4f}"
         lon_s = f"{int(lon):03d}{(lon % 1) * 60:07.4f}"
         hms = t.strftime("%H%M%S") + ".00"
-        rmc = pynmea2.RMC("GP", "RMC", (hms, "A", lat_s, "N", lon_s, "E", f"{SPEED / 0.514444:.2f}", "0.0", t.strftime("%d%m%y"), "", ""))
-        gga = pynmea2.GGA("GP", "GGA", (hms, lat_s, "N", lon_s, "E", "1", "08", "0.9", "40.0", "M", "45.0", "M", "", ""))
+        rmc = pynmea2.RMC(
+            "GP",
+            "RMC",
+            (hms, "A", lat_s, "N", lon_s, "E", f"{SPEED / 0.514444:.2f}", "0.0", t.strftime("%d%m%y"), "", ""),
+        )
+        gga = pynmea2.GGA(
+            "GP", "GGA", (hms, lat_s, "N", lon_s, "E", "1", "08", "0.9", "40.0", "M", "45.0", "M", "", "")
+        )
         lines += [str(rmc), str(gga)]
     return lines
 

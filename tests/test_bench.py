@@ -15,9 +15,9 @@ import pytest
 from pothole_edge.benchmarks.compute import model_flops
 from pothole_edge.benchmarks.config import BenchConfig
 from pothole_edge.benchmarks.run import TARGETS, bench
-from pothole_edge.timing import throughput
 from pothole_edge.export.config import ExportConfig
 from pothole_edge.export.run import export
+from pothole_edge.timing import throughput
 from tests.test_cli import assert_usage_error, run
 
 CPU_BACKENDS = ("pytorch fp32 cpu", "onnxruntime fp32 cpu", "onnxruntime int8 cpu")

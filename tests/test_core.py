@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pothole_edge import metadata, preprocess, session as sessions
+from pothole_edge import metadata, preprocess
+from pothole_edge import session as sessions
 from pothole_edge import spec as specs
 from pothole_edge import view as views
 from pothole_edge.errors import UsageError

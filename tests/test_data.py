@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_folder
-from pothole_edge.train import data
 from pothole_edge.errors import UsageError
+from pothole_edge.train import data
+from tests.conftest import make_folder
 
 
 def _load(*roots, **kw):

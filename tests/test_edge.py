@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 import pytest
 
+from pothole_edge import metadata
+from pothole_edge import spec as specs
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.edge.decide import EventDetector
 from pothole_edge.edge.reader import Newest
 from pothole_edge.edge.runner import run
-from pothole_edge import metadata
-from pothole_edge import spec as specs
 from tests.test_cli import assert_usage_error
 
 CROP = 32

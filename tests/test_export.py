@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from pothole_edge import metadata
+from pothole_edge.errors import UsageError
 from pothole_edge.export import graph
 from pothole_edge.export.config import ExportConfig
 from pothole_edge.export.run import GateFailed, export
-from tests.test_cli import assert_usage_error, run
 from pothole_edge.train import checkpoint
 from pothole_edge.train.config import EvalConfig
-from pothole_edge.errors import UsageError
 from pothole_edge.train.evaluate import evaluate
+from tests.test_cli import assert_usage_error, run
 
 
 @pytest.fixture

@@ -64,7 +64,9 @@ def test_nmea_and_gpx_give_the_same_fixes(tmp_path):
 
 def test_every_frame_and_event_gets_the_position_of_its_moment(model, video, tmp_path):
     track = drive.write_gpx(tmp_path / "d.gpx", 20)
-    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), gps=str(track), video_start=_start()))
+    result = run(
+        EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), gps=str(track), video_start=_start())
+    )
     rows = lines(tmp_path / "run" / "predictions.jsonl")
     assert all(r["lat"] is not None for r in rows)
     for r in rows[::17]:
@@ -81,7 +83,9 @@ def test_every_frame_and_event_gets_the_position_of_its_moment(model, video, tmp
 
 def test_a_stretch_without_fix_gives_null_positions_not_guesses(model, video, tmp_path):
     track = drive.write_gpx(tmp_path / "d.gpx", 20, gap=(3, 8))
-    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), gps=str(track), video_start=_start()))
+    result = run(
+        EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), gps=str(track), video_start=_start())
+    )
     rows = lines(tmp_path / "run" / "predictions.jsonl")
     blind = [r for r in rows if 4.5 < r["time"] < 6.5]
     assert blind and all(r["lat"] is None and r["fix_age_s"] is None for r in blind)
@@ -96,7 +100,16 @@ def test_a_camera_clock_offset_is_corrected(model, video, tmp_path):
     from datetime import datetime, timezone
 
     start = datetime.fromtimestamp(late, timezone.utc).isoformat()
-    run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "off"), gps=str(track), video_start=start, gps_offset=7.0))
+    run(
+        EdgeConfig(
+            model=str(model),
+            video=str(video),
+            out=str(tmp_path / "off"),
+            gps=str(track),
+            video_start=start,
+            gps_offset=7.0,
+        )
+    )
     run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "ok"), gps=str(track), video_start=_start()))
     a, b = lines(tmp_path / "off" / "predictions.jsonl"), lines(tmp_path / "ok" / "predictions.jsonl")
     assert [r["lat"] for r in a] == [r["lat"] for r in b]
@@ -110,12 +123,23 @@ def test_min_speed_skips_a_car_standing_still(model, video, tmp_path):
     g = gpxpy.gpx.GPX()
     seg = gpxpy.gpx.GPXTrackSegment()
     for s in range(21):
-        seg.points.append(gpxpy.gpx.GPXTrackPoint(52.0, 13.0, time=drive.START + __import__("datetime").timedelta(seconds=s)))
+        seg.points.append(
+            gpxpy.gpx.GPXTrackPoint(52.0, 13.0, time=drive.START + __import__("datetime").timedelta(seconds=s))
+        )
     t = gpxpy.gpx.GPXTrack()
     t.segments.append(seg)
     g.tracks.append(t)
     path.write_text(g.to_xml(version="1.1"))
-    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), gps=str(path), video_start=_start(), min_speed=5))
+    result = run(
+        EdgeConfig(
+            model=str(model),
+            video=str(video),
+            out=str(tmp_path / "run"),
+            gps=str(path),
+            video_start=_start(),
+            min_speed=5,
+        )
+    )
     assert result["frames"]["processed"] == 0 and result["gps"]["standing_frames"] == result["frames"]["read"] > 0
     del track
 
@@ -137,11 +161,18 @@ def test_gps_mistakes_are_one_line(model, video, tmp_path):
 
 
 def test_gpsd_gives_the_same_positions_as_the_gpx(model, tmp_path):
-    needs(shutil.which("gpsfake") is not None and shutil.which("gpsd") is not None, "needs gpsd and gpsfake (apt-get install gpsd gpsd-clients; scripts/setup.sh does)")
+    needs(
+        shutil.which("gpsfake") is not None and shutil.which("gpsd") is not None,
+        "needs gpsd and gpsfake (apt-get install gpsd gpsd-clients; scripts/setup.sh does)",
+    )
     log = tmp_path / "drive.nmea"
     log.write_text("\r\n".join(drive.nmea_lines(30)) + "\r\n")
     port = _free_port()
-    fake = subprocess.Popen(["gpsfake", "-q", "-1", "-c", "0.1", "-P", str(port), str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fake = subprocess.Popen(
+        ["gpsfake", "-q", "-1", "-c", "0.1", "-P", str(port), str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         stop = __import__("threading").Event()
         track, live, _ = gps.open_gps(f"gpsd:127.0.0.1:{port}", 2.0, stop)

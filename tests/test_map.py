@@ -34,7 +34,13 @@ def drives(tmp_path_factory) -> dict[str, Path]:
     with_potholes = drive.write_video(root / "potholes.mp4", 20, POTHOLES_S)
     repaired = drive.write_video(root / "repaired.mp4", 20, [])
     out = {}
-    plan = (("pass1", with_potholes), ("pass2", with_potholes), ("fixed1", repaired), ("fixed2", repaired), ("fixed3", repaired))
+    plan = (
+        ("pass1", with_potholes),
+        ("pass2", with_potholes),
+        ("fixed1", repaired),
+        ("fixed2", repaired),
+        ("fixed3", repaired),
+    )
     for day, (name, video) in enumerate(plan):  # one drive a day
         track = drive.write_gpx(root / f"{name}.gpx", 20, jitter_m=2.5, seed=day, shift_s=day * 86400)
         start = (drive.START + timedelta(days=day)).isoformat()
@@ -42,7 +48,11 @@ def drives(tmp_path_factory) -> dict[str, Path]:
         out[name] = root / name
     start = drive.START.isoformat()
     blind = drive.write_gpx(root / "blind.gpx", 40, gap=(0, 30))  # the receiver finds its first fix after the drive
-    run(EdgeConfig(model=str(model), video=str(with_potholes), out=str(root / "blind"), gps=str(blind), video_start=start))
+    run(
+        EdgeConfig(
+            model=str(model), video=str(with_potholes), out=str(root / "blind"), gps=str(blind), video_start=start
+        )
+    )
     out["blind"] = root / "blind"
     return out
 
@@ -52,7 +62,9 @@ def _features(out: Path) -> list[dict]:
 
 
 def test_two_passes_give_one_pothole_each_with_two_sightings(drives, tmp_path):
-    summary = build(MapConfig(runs=(str(drives["pass1"]), str(drives["pass2"]), str(drives["blind"])), out=str(tmp_path / "map")))
+    summary = build(
+        MapConfig(runs=(str(drives["pass1"]), str(drives["pass2"]), str(drives["blind"])), out=str(tmp_path / "map"))
+    )
     features = _features(tmp_path / "map")
     assert summary["potholes"] == len(features) == 2  # a drive with no fix adds no pothole
     for feature, (lat, lon) in zip(sorted(features, key=lambda f: f["geometry"]["coordinates"][1]), TRUTH):
@@ -89,9 +101,21 @@ def test_bad_inputs_are_one_line(drives, tmp_path):
     from tests.test_cli import BIN
 
     exe = str(BIN / "edge-map")
-    assert_usage_error(subprocess.run([exe, str(tmp_path), "--out", str(tmp_path / "m")], capture_output=True, text=True), "not an edge-run output folder")
-    assert_usage_error(subprocess.run([exe, str(drives["pass1"]), "--radius", "0"], capture_output=True, text=True), "--radius")
-    assert_usage_error(subprocess.run([exe, str(drives["pass1"]), "--db", "nosuch://x", "--out", str(tmp_path / "m")], capture_output=True, text=True), "--db")
+    assert_usage_error(
+        subprocess.run([exe, str(tmp_path), "--out", str(tmp_path / "m")], capture_output=True, text=True),
+        "not an edge-run output folder",
+    )
+    assert_usage_error(
+        subprocess.run([exe, str(drives["pass1"]), "--radius", "0"], capture_output=True, text=True), "--radius"
+    )
+    assert_usage_error(
+        subprocess.run(
+            [exe, str(drives["pass1"]), "--db", "nosuch://x", "--out", str(tmp_path / "m")],
+            capture_output=True,
+            text=True,
+        ),
+        "--db",
+    )
 
 
 def _free_port() -> int:
@@ -113,21 +137,39 @@ def postgres():
     home.chmod(0o777)
     data = home / "data"
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    subprocess.run(
+        as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
     port = _free_port()
-    server = as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "log"), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "-w", "start"]
+    server = as_user + [
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(home / "log"),
+        "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+        "-w",
+        "start",
+    ]
     # the server inherits pg_ctl's output: a pipe here would never close
     subprocess.run(server, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(home, ignore_errors=True)
 
 
 def test_a_fleet_shares_one_postgresql_registry(drives, postgres, tmp_path):
     build(MapConfig(runs=(str(drives["pass1"]),), out=str(tmp_path / "car1"), db=postgres))
-    summary = build(MapConfig(runs=(str(drives["pass2"]), str(drives["pass1"])), out=str(tmp_path / "car2"), db=postgres))
+    summary = build(
+        MapConfig(runs=(str(drives["pass2"]), str(drives["pass1"])), out=str(tmp_path / "car2"), db=postgres)
+    )
     assert summary["runs_added"] == 1 and summary["potholes"] == 2
     sqlite = build(MapConfig(runs=(str(drives["pass1"]), str(drives["pass2"])), out=str(tmp_path / "local")))
     assert sqlite["potholes"] == 2
@@ -139,7 +181,10 @@ def test_a_fleet_shares_one_postgresql_registry(drives, postgres, tmp_path):
 
 def test_the_map_shows_a_marker_for_every_pothole_in_a_real_browser(drives, tmp_path):
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    needs(chromium is not None and driver is not None, "needs chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    needs(
+        chromium is not None and driver is not None,
+        "needs chromium and chromium-driver (apt-get install chromium chromium-driver)",
+    )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -152,11 +197,16 @@ def test_the_map_shows_a_marker_for_every_pothole_in_a_real_browser(drives, tmp_
     try:
         browser.get((tmp_path / "map" / "map.html").as_uri())
         deadline = time.monotonic() + 20
-        while browser.execute_script("return window.potholeMarkers ? window.potholeMarkers.length : -1") < 0 and time.monotonic() < deadline:
+        while (
+            browser.execute_script("return window.potholeMarkers ? window.potholeMarkers.length : -1") < 0
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         ids = browser.execute_script("return window.potholeMarkers.map(m => m.options.potholeId)")
         drawn = browser.execute_script("return document.querySelectorAll('path.leaflet-interactive').length")
-        tracks = browser.execute_script("let n = 0; map.eachLayer(l => { if (l instanceof L.Polyline && !(l instanceof L.CircleMarker)) n++; }); return n")
+        tracks = browser.execute_script(
+            "let n = 0; map.eachLayer(l => { if (l instanceof L.Polyline && !(l instanceof L.CircleMarker)) n++; }); return n"
+        )
         expected = sorted(f["id"] for f in _features(tmp_path / "map"))
         assert sorted(ids) == expected and drawn >= len(expected) and tracks == 2
         browser.set_window_size(900, 700)

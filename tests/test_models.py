@@ -4,8 +4,8 @@ import urllib.error
 import pytest
 import torch
 
-from pothole_edge.train import models
 from pothole_edge.errors import UsageError
+from pothole_edge.train import models
 
 
 def test_lite0_imagenet_weights_come_from_the_pip_package():

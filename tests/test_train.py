@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY, crash_in_epoch
+from pothole_edge.errors import UsageError
 from pothole_edge.train import fit, metrics
 from pothole_edge.train.config import TrainConfig
-from pothole_edge.errors import UsageError
 from pothole_edge.train.run import train
+from tests.conftest import TINY, crash_in_epoch
 
 METRIC_KEYS = {*metrics.HEADLINE, "confusion_matrix", "threshold", "n", "class_names"}
 

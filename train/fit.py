@@ -171,7 +171,9 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
             break
         t0 = time.time()
         torch.manual_seed(config.seed + epoch)
-        draws = plan_epoch(samples, epoch, config.seed, config.labels, whole_only, hottest, [1, 1] in spec["view"]["grids"])
+        draws = plan_epoch(
+            samples, epoch, config.seed, config.labels, whole_only, hottest, [1, 1] in spec["view"]["grids"]
+        )
         tiles = TileDataset(paths, samples, draws, spec)
         sampler = (
             DistributedSampler(tiles, ctx.world_size, ctx.rank, shuffle=False, seed=config.seed)

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-
 # the headline figures of a set of predictions, in the order people read them
 HEADLINE = ("accuracy", "specificity", "sensitivity", "precision", "f1", "average_precision", "roc_auc")
 

@@ -1,0 +1,241 @@
+"""Events to the office: MQTT (QoS 1) and signed HTTPS webhooks, fed from the disk outbox by one thread per
+destination, with back-off, so a dead network never slows inference and nothing confirmed is lost.
+
+A message leaves the outbox only when its destination confirmed it: the broker's PUBACK, or a 2xx from the
+webhook. Everything else is retried, so a receiver may see an event twice and drops duplicates by `event_id`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from pothole_edge.edge.outbox import Outbox
+from pothole_edge.errors import UsageError
+
+log = logging.getLogger("edge")
+NAMESPACE = uuid.UUID("9b3f3c2e-7d1a-4c55-9a60-2b1f0e6d8a41")  # pothole-edge events
+SIGNATURE_HEADER = "X-Pothole-Signature"
+
+
+def event_id(vehicle: str, run: str, event: int) -> str:
+    """Globally unique and the same on every retry: derived from the vehicle, the run and the event's number."""
+    return str(uuid.uuid5(NAMESPACE, f"{vehicle}/{run}/{event}"))
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The webhook signature: HMAC-SHA256 over the exact body, as `sha256=<hex>`."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class SendError(Exception):
+    """The destination did not confirm; the message stays queued."""
+
+
+class Mqtt:
+    """Publishes to TOPIC_PREFIX/VEHICLE/events with QoS 1 through paho-mqtt, reconnecting on its own thread."""
+
+    def __init__(
+        self,
+        url: str,
+        vehicle: str,
+        prefix: str = "potholes",
+        ca_file: str | None = None,
+        password_env: str = "POTHOLE_EDGE_MQTT_PASSWORD",
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise UsageError(f"--mqtt {url} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        self.name = f"mqtt {u.hostname}:{u.port or (8883 if u.scheme == 'mqtts' else 1883)}"
+        self.topic = f"{prefix.strip('/')}/{vehicle}/events"
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"pothole-edge-{vehicle}-{os.getpid()}", clean_session=True
+        )
+        if u.username:
+            self.client.username_pw_set(u.username, os.environ.get(password_env))
+        if u.scheme == "mqtts":
+            self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        self.client.reconnect_delay_set(0.5, 8)
+        self.client.connect_async(u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=15)
+        self.client.loop_start()
+
+    def send(self, payload: dict[str, Any]) -> None:
+        if not self.client.is_connected():
+            raise SendError("not connected")
+        info = self.client.publish(self.topic, json.dumps(payload, separators=(",", ":")), qos=1)
+        try:
+            info.wait_for_publish(timeout=5)
+        except (RuntimeError, ValueError) as e:
+            raise SendError(str(e)) from None
+        if not info.is_published():
+            raise SendError("no PUBACK within 5 s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Webhook:
+    """POSTs the JSON to an HTTP(S) endpoint, signed with HMAC-SHA256 in X-Pothole-Signature."""
+
+    def __init__(self, url: str, secret_env: str | None, timeout_s: float = 5.0) -> None:
+        u = urlparse(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise UsageError(f"--webhook {url} is not an http(s):// URL")
+        secret = os.environ.get(secret_env) if secret_env else None
+        if secret_env and not secret:
+            raise UsageError(f"--webhook-secret-env {secret_env}: that environment variable is empty or unset")
+        self.url, self.secret, self.timeout_s = url, secret.encode() if secret else None, timeout_s
+        self.name = f"webhook {u.hostname}"
+
+    def send(self, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        request = urllib.request.Request(
+            self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        if self.secret:
+            request.add_header(SIGNATURE_HEADER, sign(self.secret, body))
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                if not 200 <= response.status < 300:
+                    raise SendError(f"HTTP {response.status}")
+        except urllib.error.HTTPError as e:
+            raise SendError(f"HTTP {e.code}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise SendError(str(getattr(e, "reason", e))) from None
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Stats:
+    queued: int = 0
+    delivered: int = 0
+    retried: int = 0
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Sender:
+    """One destination's thread: takes due messages from the outbox, sends, and backs off on failure."""
+
+    def __init__(self, destination: Any, key: str, outbox: Outbox, stop: threading.Event) -> None:
+        self.destination, self.key, self.outbox, self.stop = destination, key, outbox, stop
+        self.stats = Stats()
+        self.wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"send-{key}", daemon=True)
+
+    def start(self) -> Sender:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                batch = self.outbox.due(self.key)
+                for message_id, payload, attempts in batch:
+                    if self.stop.is_set():
+                        break
+                    try:
+                        self.destination.send(_with_snapshot(payload))
+                    except SendError as e:
+                        self.stats.retried += 1
+                        if self.stats.last_error != str(e):
+                            log.warning(
+                                "%s: %s; event %s stays queued", self.destination.name, e, payload.get("event_id")
+                            )
+                        self.stats.last_error = str(e)
+                        self.outbox.retry_later(message_id, attempts + 1, min(0.5 * 2**attempts, 30.0))
+                        break  # a failing destination is not hammered with the rest of the batch
+                    else:
+                        self.outbox.done(message_id)
+                        self.stats.delivered += 1
+                        self.stats.last_error = None
+                self.wake.wait(0.2 if not batch else 0.0)
+                self.wake.clear()
+        finally:
+            self.outbox.close()
+
+    def drain(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.outbox.pending(self.key) and time.monotonic() < deadline:
+            self.wake.set()
+            time.sleep(0.05)
+
+    def join(self) -> None:
+        self._thread.join(10)
+        self.destination.close()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination.name,
+            "queued": self.stats.queued,
+            "delivered": self.stats.delivered,
+            "retried": self.stats.retried,
+            "pending": self.outbox.pending(self.key),
+            "dropped": self.outbox.dropped(self.key),
+            "last_error": self.stats.last_error,
+        }
+
+
+def _with_snapshot(payload: dict[str, Any]) -> dict[str, Any]:
+    """With --attach-snapshot, the JPEG goes in the message as base64 when it is sent."""
+    shot = payload.get("snapshot")
+    if not shot or not shot.pop("attach", False):
+        return payload
+    path = shot.get("path")
+    try:
+        with open(path, "rb") as f:
+            shot["jpeg_base64"] = base64.b64encode(f.read()).decode()
+    except OSError:
+        shot["jpeg_base64"] = None  # not saved (a full disk, or a storage cap): the event still goes
+    return payload
+
+
+class Delivery:
+    """Every destination of one run, around one outbox. Its threads outlive the run's own stop signal: they
+    stop only after `finish` gave them the drain time."""
+
+    def __init__(self, outbox: Outbox, destinations: list[tuple[str, Any]]) -> None:
+        self.outbox = outbox
+        self.halt = threading.Event()
+        self.senders = [Sender(d, key, Outbox(outbox.path, outbox.max_messages), self.halt) for key, d in destinations]
+
+    def start(self) -> Delivery:
+        for s in self.senders:
+            s.start()
+        return self
+
+    def queue(self, event_id: str, payload: dict[str, Any]) -> None:
+        """Commit the event to the outbox for every destination, before anything is sent."""
+        for s in self.senders:
+            if self.outbox.put(event_id, s.key, payload):
+                s.stats.queued += 1
+            s.wake.set()
+
+    def finish(self, drain_s: float) -> list[dict[str, Any]]:
+        for s in self.senders:
+            s.drain(drain_s)
+        return [s.summary() for s in self.senders]
+
+    def close(self) -> None:
+        self.halt.set()
+        for s in self.senders:
+            s.join()
+        self.outbox.close()

@@ -234,7 +234,7 @@ class Writer:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (first.shape[1], first.shape[0]))
         clip = _Clip(event, path, writer, tmp)
         for ft, jpeg in self.ring:  # the seconds before the event, from the ring
-            if ft >= t - self.clips[0]:
+            if ft >= t - self.clips[0] - 1e-6:
                 clip.writer.write(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
                 clip.frames += 1
         self.active.append(clip)

@@ -39,6 +39,7 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # the smallest real configuration: random Lite0 at 32 px, a 1x1 + 2x2 view, no worker processes
 TINY = dict(
+    hard_negatives=4,
     arch="efficientnet_lite0",
     weights="none",
     img_size=32,

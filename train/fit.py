@@ -29,6 +29,7 @@ from pothole_edge.train.tiles import Footprint, footprint_of, plan_epoch
 
 log = logging.getLogger("pt-train")
 
+EVAL_TILES = 64
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds")
 
 
@@ -69,8 +70,8 @@ def frame_loader(
     folder: data.LabelledFolder, samples: list[data.Sample], spec: dict[str, Any], config: TrainConfig, ctx: Context
 ) -> Any:
     dataset = FrameDataset([folder.path(s) for s in samples], [s.label for s in samples], spec)
-    # a frame is a batch of tiles already: keep a loader batch near config.batch_size tiles
-    per_batch = max(1, config.batch_size // max(1, sum(c * r for c, r in spec["view"]["grids"])))
+    # no gradients here: about EVAL_TILES tiles per forward pass, whatever the training batch
+    per_batch = max(1, EVAL_TILES // max(1, sum(c * r for c, r in spec["view"]["grids"])))
     return make_loader(_shard(dataset, ctx), per_batch, config.workers)
 
 

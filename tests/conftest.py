@@ -79,3 +79,22 @@ def crash_in_epoch(monkeypatch: pytest.MonkeyPatch, config, epoch: int) -> None:
         patched.setattr(fit, "train_one_epoch", dies)
         with pytest.raises(KeyboardInterrupt):
             train(config)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for the servers tests start."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

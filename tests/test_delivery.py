@@ -4,6 +4,7 @@ least once; after dropping duplicates by event_id the received set equals events
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pothole_edge.edge.delivery import SIGNATURE_HEADER, sign
+from tests.conftest import free_port, wait_for
 from tests.test_edge import BRIGHT, DARK, brightness_model, edge_run, lines, needs, write_video
 
 SEGMENTS = [(DARK, 12), (BRIGHT, 6)] * 6 + [(DARK, 12)]  # six potholes
@@ -32,20 +34,6 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return write_video(tmp_path_factory.mktemp("delivery-clip") / "clip.mp4", SEGMENTS)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _event_ids_in(out: Path, vehicle: str) -> set[str]:
@@ -89,10 +77,31 @@ def test_a_webhook_that_fails_before_it_accepts_gets_every_event_signed(model, c
     out, secret = tmp_path / "run", "s3cret"
     try:
         result = subprocess.run(
-            [sys.executable, "-c", "from pothole_edge.edge.cli import main; main()", "--model", str(model), "--video", str(clip), "--out", str(out),
-             "--webhook", f"http://127.0.0.1:{server.server_port}/events", "--webhook-secret-env", "HOOK_SECRET", "--vehicle-id", "van-7",
-             "--outbox", str(tmp_path / "outbox.sqlite"), "--drain-timeout", "60"],
-            capture_output=True, text=True, timeout=120, env={"HOOK_SECRET": secret, "PATH": "/usr/bin:/bin"},
+            [
+                sys.executable,
+                "-c",
+                "from pothole_edge.edge.cli import main; main()",
+                "--model",
+                str(model),
+                "--video",
+                str(clip),
+                "--out",
+                str(out),
+                "--webhook",
+                f"http://127.0.0.1:{server.server_port}/events",
+                "--webhook-secret-env",
+                "HOOK_SECRET",
+                "--vehicle-id",
+                "van-7",
+                "--outbox",
+                str(tmp_path / "outbox.sqlite"),
+                "--drain-timeout",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"HOOK_SECRET": secret, "PATH": "/usr/bin:/bin"},
         )
     finally:
         server.shutdown()
@@ -105,24 +114,41 @@ def test_a_webhook_that_fails_before_it_accepts_gets_every_event_signed(model, c
         received[message["event_id"]] = message
     assert set(received) == _event_ids_in(out, "van-7") and len(received) == 6
     m = next(iter(received.values()))
-    assert m["vehicle"] == "van-7" and m["model"]["variant"] == "fp32" and m["snapshot"]["path"].endswith(".jpg") and 0 < m["peak_prob"] <= 1
+    assert (
+        m["vehicle"] == "van-7"
+        and m["model"]["variant"] == "fp32"
+        and m["snapshot"]["path"].endswith(".jpg")
+        and 0 < m["peak_prob"] <= 1
+    )
     (delivery,) = json.loads((out / "summary.json").read_text())["delivery"]
-    assert delivery["delivered"] == 6 and delivery["pending"] == 0 and delivery["retried"] >= 4 and delivery["dropped"] == 0
+    assert (
+        delivery["delivered"] == 6
+        and delivery["pending"] == 0
+        and delivery["retried"] >= 4
+        and delivery["dropped"] == 0
+    )
 
 
 class Broker:
     """A mosquitto server on a free port, persistent, started and stopped by the test."""
 
     def __init__(self, folder: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.conf = folder / "mosquitto.conf"
         folder.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {folder}/\n")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {folder}/\n"
+            # run as root, mosquitto drops to user 'mosquitto', cannot write its store under pytest's 0700
+            # folder, and loses the office's session, and what was queued for it, on every restart
+            f"user {getpass.getuser()}\n"
+        )
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(self._listening, 10, "mosquitto to listen")
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for(self._listening, 10, "mosquitto to listen")
 
     def _listening(self) -> bool:
         try:
@@ -161,28 +187,67 @@ class Subscriber:
 
 
 def test_mqtt_delivers_every_event_through_broker_restarts_and_a_killed_run(model, clip, tmp_path):
-    needs(shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(), "needs mosquitto (apt-get install mosquitto; scripts/setup.sh does)")
+    needs(
+        shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(),
+        "needs mosquitto (apt-get install mosquitto; scripts/setup.sh does)",
+    )
     broker = Broker(tmp_path / "broker")
     broker.start()
     office = Subscriber(broker.port)
-    _wait(lambda: office.client.is_connected(), 10, "the subscriber")
+    wait_for(lambda: office.client.is_connected(), 10, "the subscriber")
     time.sleep(0.3)
     outbox = tmp_path / "outbox.sqlite"
-    common = ["--model", str(model), "--video", str(clip), "--mqtt", f"mqtt://127.0.0.1:{broker.port}", "--vehicle-id", "van-7", "--outbox", str(outbox)]
+    common = [
+        "--model",
+        str(model),
+        "--video",
+        str(clip),
+        "--mqtt",
+        f"mqtt://127.0.0.1:{broker.port}",
+        "--vehicle-id",
+        "van-7",
+        "--outbox",
+        str(outbox),
+    ]
     try:
         # restart 1: the run starts with the broker down; its events wait in the outbox
         broker.stop()
-        first = subprocess.Popen([sys.executable, "-c", "from pothole_edge.edge.cli import main; main()", *common, "--out", str(tmp_path / "a"), "--drain-timeout", "60"], stderr=subprocess.PIPE, text=True)
-        _wait(lambda: _queued(outbox) == 6, 60, "six queued events")
+        first = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from pothole_edge.edge.cli import main; main()",
+                *common,
+                "--out",
+                str(tmp_path / "a"),
+                "--drain-timeout",
+                "60",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: _queued(outbox) == 6, 60, "six queued events")
         broker.start()
         _, err = first.communicate(timeout=90)
         assert first.returncode == 0, err
         expected = _event_ids_in(tmp_path / "a", "van-7")
-        _wait(lambda: expected <= office.ids(), 30, "the first run's events at the office")
+        wait_for(lambda: expected <= office.ids(), 30, "the first run's events at the office")
         # restart 2: the broker goes down again, and a run is killed outright while it waits
         broker.stop()
-        killed = subprocess.Popen([sys.executable, "-c", "from pothole_edge.edge.cli import main; main()", *common, "--out", str(tmp_path / "b"), "--drain-timeout", "60"], stderr=subprocess.DEVNULL)
-        _wait(lambda: _queued(outbox) == 6, 60, "the killed run's six events in the outbox")
+        killed = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from pothole_edge.edge.cli import main; main()",
+                *common,
+                "--out",
+                str(tmp_path / "b"),
+                "--drain-timeout",
+                "60",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: _queued(outbox) == 6, 60, "the killed run's six events in the outbox")
         killed.send_signal(signal.SIGKILL)
         killed.wait(10)
         broker.start()
@@ -190,8 +255,14 @@ def test_mqtt_delivers_every_event_through_broker_restarts_and_a_killed_run(mode
         result = edge_run(*common, "--out", str(tmp_path / "c"), "--drain-timeout", "60", timeout=120)
         assert result.returncode == 0, result.stderr
         expected |= _event_ids_in(tmp_path / "c", "van-7")
-        killed_run = {m["run"] for m in office.messages} - {json.loads((tmp_path / d / "summary.json").read_text())["delivery_run"] for d in ("a", "c")}
-        _wait(lambda: len(office.ids()) == 18, 30, "all eighteen events at the office")
+        try:
+            wait_for(lambda: len(office.ids()) == 18, 30, "all eighteen events at the office")
+        except AssertionError:
+            runs = sorted({(m["run"], m["event_id"]) for m in office.messages})
+            raise AssertionError(f"office has {len(office.ids())} events: {runs}; queued {_queued(outbox)}") from None
+        killed_run = {m["run"] for m in office.messages} - {
+            json.loads((tmp_path / d / "summary.json").read_text())["delivery_run"] for d in ("a", "c")
+        }
     finally:
         office.close()
         broker.stop()
@@ -231,7 +302,9 @@ def test_bad_delivery_flags_are_one_line(model, clip, tmp_path):
         (["--webhook", "http://127.0.0.1:9/x", "--outbox", "/proc/nope/outbox.sqlite"], "cannot open the outbox"),
     ]
     for args, words in cases:
-        assert_usage_error(edge_run("--model", str(model), "--video", str(clip), *args, "--out", str(tmp_path / "o")), words)
+        assert_usage_error(
+            edge_run("--model", str(model), "--video", str(clip), *args, "--out", str(tmp_path / "o")), words
+        )
         assert not (tmp_path / "o").exists()
 
 
@@ -267,7 +340,9 @@ def test_the_storage_cap_removes_delivered_events_oldest_first_and_keeps_undeliv
     free = run(EdgeConfig(model=str(model), video=str(clip), out=str(tmp_path / "free"), clips="1,0.5"))
     per_event = free["storage"]["storage_used_bytes"] / 6
     cap = int(per_event * 2.5)  # room for two events' clip and snapshot
-    capped = run(EdgeConfig(model=str(model), video=str(clip), out=str(tmp_path / "capped"), clips="1,0.5", max_storage=str(cap)))
+    capped = run(
+        EdgeConfig(model=str(model), video=str(clip), out=str(tmp_path / "capped"), clips="1,0.5", max_storage=str(cap))
+    )
     removed = capped["storage"]["removed_for_space"]
     assert capped["storage"]["storage_used_bytes"] <= cap and removed
     ids = [int(Path(r).stem.split("_")[1]) for r in removed]
@@ -275,6 +350,17 @@ def test_the_storage_cap_removes_delivered_events_oldest_first_and_keeps_undeliv
     kept = {int(p.stem.split("_")[1]) for p in (tmp_path / "capped" / "clips").glob("event_*.mp4")}
     assert kept and max(kept) == 6
     # nothing is delivered to a dead webhook: every file stays, and what did not fit was never written
-    dead = run(EdgeConfig(model=str(model), video=str(clip), out=str(tmp_path / "undelivered"), clips="1,0.5", max_storage=str(cap), webhook="http://127.0.0.1:9/x", outbox=str(tmp_path / "o.sqlite"), drain_timeout=0))
+    dead = run(
+        EdgeConfig(
+            model=str(model),
+            video=str(clip),
+            out=str(tmp_path / "undelivered"),
+            clips="1,0.5",
+            max_storage=str(cap),
+            webhook="http://127.0.0.1:9/x",
+            outbox=str(tmp_path / "o.sqlite"),
+            drain_timeout=0,
+        )
+    )
     assert dead["storage"]["removed_for_space"] == [] and dead["storage"]["skipped_for_space"] > 0
     assert dead["delivery"][0]["pending"] == 6

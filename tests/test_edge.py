@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.edge.decide import EventDetector
 from pothole_edge.edge.reader import Newest
 from pothole_edge.edge.runner import run
+from tests.conftest import free_port, wait_for
 from tests.test_cli import assert_usage_error
 
 CROP = 32
@@ -278,20 +278,6 @@ def test_camera_that_never_opens_fails_after_its_retries(model, tmp_path, monkey
     assert FakeCamera.opens >= 3 and not (tmp_path / "run" / "predictions.jsonl").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def needs(ok: bool, why: str) -> None:
     """Skip locally when a tool is missing; in CI (POTHOLE_EDGE_CI=1, set by .ci/run) fail instead."""
     if not ok:
@@ -303,7 +289,7 @@ def needs(ok: bool, why: str) -> None:
 def test_stream_survives_two_server_restarts(model, tmp_path):
     needs(shutil.which("ffmpeg") is not None, "needs ffmpeg (apt-get install ffmpeg; scripts/setup.sh does)")
     clip = write_video(tmp_path / "loop.mp4", [(BRIGHT, 8), (DARK, 8)], fps=25.0)
-    port = _free_port()
+    port = free_port()
     serve = [
         "ffmpeg",
         "-nostdin",
@@ -351,13 +337,13 @@ def test_stream_survives_two_server_restarts(model, tmp_path):
         marks = []
         for restart in range(2):
             seen = count()
-            _wait_for(lambda: count() >= seen + 20, 60, f"frames before restart {restart + 1}")
+            wait_for(lambda: count() >= seen + 20, 60, f"frames before restart {restart + 1}")
             server.terminate()
             server.wait(10)
             time.sleep(1.0)  # the server is down for at least a second
             marks.append(count())
             server = subprocess.Popen(serve)
-        _wait_for(lambda: count() >= marks[-1] + 20, 60, "frames after the second restart")
+        wait_for(lambda: count() >= marks[-1] + 20, 60, "frames after the second restart")
         edge.send_signal(signal.SIGTERM)
         log, _ = edge.communicate(timeout=30)
     finally:
@@ -398,7 +384,7 @@ def test_sigterm_and_kill_keep_what_was_written(model, tmp_path):
             stderr=subprocess.PIPE,
             text=True,
         )
-        _wait_for(
+        wait_for(
             lambda: (
                 (out / "predictions.jsonl").exists() and len((out / "predictions.jsonl").read_text().splitlines()) > 150
             ),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -15,6 +14,7 @@ from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.edge.runner import run
 from pothole_edge.errors import UsageError
 from tests import drive
+from tests.conftest import free_port
 from tests.test_cli import assert_usage_error
 from tests.test_edge import brightness_model, edge_run, lines, needs
 
@@ -167,7 +167,7 @@ def test_gpsd_gives_the_same_positions_as_the_gpx(model, tmp_path):
     )
     log = tmp_path / "drive.nmea"
     log.write_text("\r\n".join(drive.nmea_lines(30)) + "\r\n")
-    port = _free_port()
+    port = free_port()
     fake = subprocess.Popen(
         ["gpsfake", "-q", "-1", "-c", "0.1", "-P", str(port), str(log)],
         stdout=subprocess.DEVNULL,
@@ -190,14 +190,6 @@ def test_gpsd_gives_the_same_positions_as_the_gpx(model, tmp_path):
     for fix in track.fixes:
         p = reference.at(fix.t)
         assert p is not None and gps.distance_m(p.lat, p.lon, fix.lat, fix.lon) < 0.5
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_video_start_comes_from_the_container(video):
@@ -234,4 +226,6 @@ def test_a_serial_nmea_receiver_feeds_the_track(tmp_path):
     reference = gps.Track(gps.read_gpx(drive.write_gpx(tmp_path / "d.gpx", 30)))
     for fix in track.fixes:
         p = reference.at(fix.t)
-        assert gps.distance_m(p.lat, p.lon, fix.lat, fix.lon) < 0.5 and fix.speed_mps == pytest.approx(drive.SPEED, abs=0.01)
+        assert gps.distance_m(p.lat, p.lon, fix.lat, fix.lon) < 0.5 and fix.speed_mps == pytest.approx(
+            drive.SPEED, abs=0.01
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from datetime import timedelta
@@ -18,6 +17,7 @@ from pothole_edge.edge.gps import distance_m
 from pothole_edge.edge.mapping import MapConfig, build
 from pothole_edge.edge.runner import run
 from tests import drive
+from tests.conftest import free_port
 from tests.test_cli import assert_usage_error
 from tests.test_edge import brightness_model, needs
 
@@ -118,12 +118,6 @@ def test_bad_inputs_are_one_line(drives, tmp_path):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL server from Debian's package (initdb, pg_ctl), run as the postgres user."""
@@ -142,7 +136,7 @@ def postgres():
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    port = free_port()
     server = as_user + [
         str(bindir / "pg_ctl"),
         "-D",

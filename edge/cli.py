@@ -148,6 +148,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--attach-snapshot", action="store_true", help="put the snapshot in the message as base64, not its path"
     )
+    c = p.add_argument_group("clips and storage")
+    c.add_argument(
+        "--clips",
+        metavar="PRE,POST",
+        help="write clips/event_NNNNN.mp4 from PRE seconds before each event to POST seconds after it, e.g. 5,5",
+    )
+    c.add_argument(
+        "--max-storage",
+        metavar="SIZE",
+        help="cap on clips, snapshots and annotated video, e.g. 2GB; the oldest delivered events' files go first",
+    )
     return p
 
 

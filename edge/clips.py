@@ -214,16 +214,12 @@ class Writer:
             if clip.until is not None and t > clip.until:
                 self._finish(clip)
             else:
-                clip.writer.write(image)
-                clip.frames += 1
+                self._write(clip, image)
 
     def _open(self, event: int, t: float) -> None:
-        if not self.ring:
-            return
-        if not self.recorder.optional or not self.storage.make_room(len(self.ring[-1][1]) * 10):
+        if not self.recorder.optional or not self.storage.make_room(len(self.ring[-1][1]) * 10 if self.ring else 0):
             self.stats.skipped_for_space += 1
             return
-        first = cv2.imdecode(np.frombuffer(self.ring[-1][1], np.uint8), cv2.IMREAD_COLOR)
         path = self.out / "clips" / f"event_{event:05d}.mp4"
         # OpenCV crashes on paths it cannot encode: such a clip is written elsewhere and moved when done
         tmp = (
@@ -231,13 +227,18 @@ class Writer:
             if encodable(str(path))
             else Path(tempfile.mkdtemp()) / "clip.mp4"
         )
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (first.shape[1], first.shape[0]))
-        clip = _Clip(event, path, writer, tmp)
+        clip = _Clip(event, path, None, tmp)
         for ft, jpeg in self.ring:  # the seconds before the event, from the ring
             if ft >= t - self.clips[0] - 1e-6:
-                clip.writer.write(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
-                clip.frames += 1
-        self.active.append(clip)
+                self._write(clip, cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+        self.active.append(clip)  # an event on the run's first frame has no ring yet: its frames come next
+
+    def _write(self, clip: _Clip, image: np.ndarray) -> None:
+        if clip.writer is None:
+            size = (image.shape[1], image.shape[0])
+            clip.writer = cv2.VideoWriter(str(clip.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
+        clip.writer.write(image)
+        clip.frames += 1
 
     def _close(self, event: int, t: float) -> None:
         for clip in self.active:
@@ -245,8 +246,10 @@ class Writer:
                 clip.until = t + self.clips[1]
 
     def _finish(self, clip: _Clip) -> None:
-        clip.writer.release()
         self.active.remove(clip)
+        if clip.writer is None:  # no frame arrived (the run ended at once): nothing to keep
+            return
+        clip.writer.release()
         shutil.move(str(clip.tmp), clip.path)
         self.stats.clips += 1
         self.storage.make_room()

@@ -182,3 +182,31 @@ def test_torchrun_two_cpu_processes(shared_folder, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs_run"] == 2
     assert (out / "model.pt").is_file()
+
+
+def test_every_config_field_is_a_command_option_and_back():
+    """A config field no flag reaches is a setting users cannot change; a flag no field holds is dropped."""
+    import dataclasses
+
+    from pothole_edge.benchmarks.cli import bench_command
+    from pothole_edge.benchmarks.config import BenchConfig
+    from pothole_edge.edge.cli import parser
+    from pothole_edge.edge.config import EdgeConfig
+    from pothole_edge.export.cli import export_command
+    from pothole_edge.export.config import ExportConfig
+    from pothole_edge.train.cli import eval_command, train_command
+    from pothole_edge.train.config import EvalConfig, TrainConfig
+
+    def fields(config: type) -> set[str]:
+        return {f.name for f in dataclasses.fields(config)}
+
+    edge_flags = {a.dest for a in parser()._actions if a.dest != "help"}
+    assert edge_flags == fields(EdgeConfig)
+    train_only = {"resume"}  # picks a run directory whose saved config is used instead
+    for command, config, extra in [
+        (train_command, TrainConfig, train_only),
+        (eval_command, EvalConfig, set()),
+        (export_command, ExportConfig, set()),
+        (bench_command, BenchConfig, set()),
+    ]:
+        assert {p.name for p in command.params} - extra == fields(config), command.name

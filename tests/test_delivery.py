@@ -141,6 +141,8 @@ class Broker:
             # run as root, mosquitto drops to user 'mosquitto', cannot write its store under pytest's 0700
             # folder, and loses the office's session, and what was queued for it, on every restart
             f"user {getpass.getuser()}\n"
+            # saved after every change, so a broker killed outright comes back with the office's queue
+            "autosave_on_changes true\nautosave_interval 1\n"
         )
         self.proc: subprocess.Popen | None = None
 
@@ -157,9 +159,12 @@ class Broker:
         except OSError:
             return False
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
         if self.proc is not None:
-            self.proc.terminate()  # a clean stop keeps the subscriber's session and its queued messages
+            if kill:
+                self.proc.kill()  # a crash: what the broker had not confirmed is the sender's to retry
+            else:
+                self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
 
@@ -232,8 +237,8 @@ def test_mqtt_delivers_every_event_through_broker_restarts_and_a_killed_run(mode
         assert first.returncode == 0, err
         expected = _event_ids_in(tmp_path / "a", "van-7")
         wait_for(lambda: expected <= office.ids(), 30, "the first run's events at the office")
-        # restart 2: the broker goes down again, and a run is killed outright while it waits
-        broker.stop()
+        # restart 2: the broker is killed outright, and so is a run while it waits
+        broker.stop(kill=True)
         killed = subprocess.Popen(
             [
                 sys.executable,
@@ -331,6 +336,16 @@ def test_a_clip_runs_from_before_an_event_to_after_it(model, clip, tmp_path):
         # 1 s before the event opens (10 frames at 10 fps), the event, and 0.5 s after it closes
         assert 10 + e["frames"] <= n <= 10 + e["frames"] + 6
     assert not list((tmp_path / "run" / "clips").glob(".*"))  # no half-written clip left
+
+
+def test_an_event_on_the_first_frame_gets_its_clip_through_the_command_line(model, tmp_path):
+    video = write_video(tmp_path / "starts-on-a-pothole.mp4", [(BRIGHT, 6), (DARK, 12)])
+    result = edge_run("--model", str(model), "--video", str(video), "--out", str(tmp_path / "run"), "--clips", "1,0.5")
+    assert result.returncode == 0, result.stderr
+    (event,) = [e for e in lines(tmp_path / "run" / "events.jsonl") if e["status"] == "closed"]
+    assert event["start_frame"] == 0
+    n = _frames(tmp_path / "run" / "clips" / f"event_{event['id']:05d}.mp4")
+    assert event["frames"] <= n <= event["frames"] + 6  # nothing before the first frame; 0.5 s after the close
 
 
 def test_the_storage_cap_removes_delivered_events_oldest_first_and_keeps_undelivered_ones(model, clip, tmp_path):

@@ -331,6 +331,8 @@ def test_interrupting_training_names_the_run_to_resume(shared_folder, tmp_path):
         ],
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (out / "history.csv").exists() and time.monotonic() < deadline:

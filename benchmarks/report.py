@@ -46,7 +46,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"Compute-bound limit at batch 1: {model['compute_limit_ms']:.2f} ms (the model's FLOPs at the SGEMM "
             "rate). "
             f"A frame is {model['tiles_per_frame']} tiles (view grids "
-            f"{'+'.join(f'{c}x{r}' for c, r in model['view']['grids'])}, region {model['view']['region']}), run as one batch.",
+            f"{'+'.join(f'{c}x{r}' for c, r in model['view']['grids'])}, "
+            f"region {model['view']['region']}), run as one batch.",
             "",
             "| backend | precision | device | create | first inference | tile p50 | p90 | p99 | mean | frame p50 | "
             "best throughput | latency / compute limit | accuracy | ROC-AUC |",
@@ -107,7 +108,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"- INT8 vs ONNX Runtime FP32: **{_f(v['int8_speedup_over_ort_fp32'])}×** faster (target ≥ "
             f"{t['int8_speedup_over_ort_fp32']}×: {verdict[met['int8_speedup_over_ort_fp32']]})",
             f"- ONNX Runtime FP32 latency / compute-bound limit: **{_f(v['ort_fp32_latency_over_compute_limit'])}×** "
-            f"(target ≤ {t['ort_fp32_latency_over_compute_limit']}×: {verdict[met['ort_fp32_latency_over_compute_limit']]})",
+            f"(target ≤ {t['ort_fp32_latency_over_compute_limit']}×: "
+            f"{verdict[met['ort_fp32_latency_over_compute_limit']]})",
         ]
     return "\n".join(lines) + "\n"
 

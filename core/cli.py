@@ -13,7 +13,8 @@ import importlib
 import importlib.util
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pothole_edge.errors import DiskFull, UsageError, is_disk_full
 
@@ -48,7 +49,8 @@ def run(fn: Callable[[], Any], interrupted: str = "interrupted") -> Any:
         if not is_disk_full(e):
             raise
         fail(
-            f"no space left on the device{f' writing {e.filename}' if e.filename else ''}; free some space and run it again",
+            f"no space left on the device{f' writing {e.filename}' if e.filename else ''}; "
+            "free some space and run it again",
             1,
         )
 

@@ -67,14 +67,14 @@ def throughput(
     rows: list[dict[str, Any]] = []
     for batch in sorted(batch_sizes):
         try:
-            first_ms = timed_ms(lambda: run_batch(batch))
+            first_ms = timed_ms(lambda b=batch: run_batch(b))
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
             return rows, f"batch {batch} did not fit: {str(e).splitlines()[0][:120]}"
         if first_ms / 1000 > budget_s:
             return rows, f"batch {batch} took {first_ms / 1000:.1f} s, over the {budget_s:g} s budget per batch"
-        samples = [timed_ms(lambda: run_batch(batch)) for _ in range(reps)]
+        samples = [timed_ms(lambda b=batch: run_batch(b)) for _ in range(reps)]
         rows.append(
             {"batch": batch, "images_per_s": batch * len(samples) / (sum(samples) / 1000), "samples_ms": samples}
         )

@@ -262,7 +262,10 @@ def map_main(argv: list[str] | None = None) -> None:
 
     p = Parser(
         prog="edge-map",
-        description="Merge edge-run folders into one registry of potholes (SQLite or PostgreSQL) and write a map, GeoJSON, CSV and Open311 requests.",
+        description=(
+            "Merge edge-run folders into one registry of potholes (SQLite or PostgreSQL) and write a map, GeoJSON, "
+            "CSV and Open311 requests."
+        ),
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="edge-run output folders (run with --gps)")
     p.add_argument("--out", default="runs/map", help="where the outputs go (default: runs/map)")

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import shutil
 import tempfile
-import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -140,6 +141,7 @@ class Writer:
         storage: Storage,
         clips: tuple[float, float] | None,
         fps: float,
+        live: bool = True,
         ring_bytes: int = 64 << 20,
     ) -> None:
         self.out, self.recorder, self.storage, self.clips, self.fps = (
@@ -149,6 +151,9 @@ class Writer:
             clips,
             fps if 0 < fps < 240 else 15.0,
         )
+        # a live camera never waits for the writer (a frame it cannot take is dropped and counted); a file
+        # does, so its clips hold every frame, as they would in a replay of the same drive
+        self.live = live
         self.ring: deque[tuple[float, bytes]] = deque()
         self.ring_bytes, self._ring_used = ring_bytes, 0
         self.active: list[_Clip] = []
@@ -165,7 +170,7 @@ class Writer:
     # the inference thread's side: never blocks, never encodes
     def frame(self, t: float, image_bgr: np.ndarray) -> None:
         if self.clips:
-            self._put(("frame", t, image_bgr), droppable=True)
+            self._put(("frame", t, image_bgr), droppable=self.live)
 
     def opened(self, event: int, t: float) -> None:
         if self.clips:

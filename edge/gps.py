@@ -13,10 +13,11 @@ import logging
 import math
 import socket
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pothole_edge.errors import UsageError
 
@@ -281,12 +282,14 @@ def open_gps(source: str, max_age_s: float, stop: threading.Event) -> tuple[Trac
     path = Path(source)
     if not path.is_file():
         raise UsageError(
-            f"--gps {source} is neither a track file (.gpx, .nmea) that exists, nor gpsd[:HOST:PORT], nor serial:DEVICE[@BAUD]"
+            f"--gps {source} is neither a track file (.gpx, .nmea) that exists, nor gpsd[:HOST:PORT], "
+            "nor serial:DEVICE[@BAUD]"
         )
     fixes = read_gpx(path) if path.suffix.lower() == ".gpx" else read_nmea(path)
     if not fixes:
         raise UsageError(
-            f"--gps {source} holds no timed fixes; a GPX needs <time> on its track points, an NMEA log valid RMC sentences"
+            f"--gps {source} holds no timed fixes; a GPX needs <time> on its track points, "
+            "an NMEA log valid RMC sentences"
         )
     return Track(fixes, max_age_s), None, f"track {path} ({len(fixes)} fixes)"
 

@@ -90,7 +90,10 @@ def open311(potholes: list[dict[str, Any]], service_code: str) -> list[dict[str,
             "service_code": service_code,
             "lat": round(p["lat"], 7),
             "long": round(p["lon"], 7),
-            "description": f"Pothole seen {p['sightings']} time(s) by a vehicle camera, first {_iso(p['first_seen'])}, last {_iso(p['last_seen'])}; highest probability {p['max_prob']:.2f}.",
+            "description": (
+                f"Pothole seen {p['sightings']} time(s) by a vehicle camera, first {_iso(p['first_seen'])}, "
+                f"last {_iso(p['last_seen'])}; highest probability {p['max_prob']:.2f}."
+            ),
             "requested_datetime": _iso(p["first_seen"]),
             "attribute[pothole_edge_id]": p["id"],
         }
@@ -125,25 +128,34 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Potholes</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{css}</style>
-<style>html, body, #map {{ height: 100%; margin: 0; }} .legend {{ background: white; padding: 6px 8px; font: 13px sans-serif; }}</style>
+<style>
+html, body, #map {{ height: 100%; margin: 0; }}
+.legend {{ background: white; padding: 6px 8px; font: 13px sans-serif; }}
+</style>
 </head><body><div id="map"></div>
 <script>{js}</script>
 <script>
 const data = {data};
 const map = L.map("map", {{ preferCanvas: false }});
 // a base map where tiles are reachable; markers and tracks need no network
-const tiles = L.tileLayer("https://tile.openstreetmap.org/{{z}}/{{x}}/{{y}}.png", {{ maxZoom: 19, attribution: "&copy; OpenStreetMap contributors" }});
+const tiles = L.tileLayer("https://tile.openstreetmap.org/{{z}}/{{x}}/{{y}}.png", {{
+  maxZoom: 19, attribution: "&copy; OpenStreetMap contributors"
+}});
 tiles.on("tileerror", () => map.removeLayer(tiles));
 tiles.addTo(map);
 const bounds = [];
 for (const track of data.tracks) {{
-  if (track.points.length > 1) {{ L.polyline(track.points, {{ color: "#3366cc", weight: 3, opacity: 0.6 }}).addTo(map); }}
+  if (track.points.length > 1) {{
+    L.polyline(track.points, {{ color: "#3366cc", weight: 3, opacity: 0.6 }}).addTo(map);
+  }}
   bounds.push(...track.points);
 }}
 window.potholeMarkers = [];
 for (const p of data.potholes) {{
   const colour = p.possibly_repaired ? "#888888" : "#d62728";
-  const marker = L.circleMarker([p.lat, p.lon], {{ radius: 7, color: colour, fillColor: colour, fillOpacity: 0.8, potholeId: p.id }});
+  const marker = L.circleMarker([p.lat, p.lon], {{
+    radius: 7, color: colour, fillColor: colour, fillOpacity: 0.8, potholeId: p.id
+  }});
   marker.bindPopup(p.popup);
   marker.addTo(map);
   window.potholeMarkers.push(marker);
@@ -151,7 +163,11 @@ for (const p of data.potholes) {{
 }}
 if (bounds.length) {{ map.fitBounds(bounds, {{ padding: [30, 30], maxZoom: 18 }}); }} else {{ map.setView([0, 0], 2); }}
 const legend = L.control({{ position: "topright" }});
-legend.onAdd = () => {{ const d = L.DomUtil.create("div", "legend"); d.innerHTML = `${{data.potholes.length}} potholes, ${{data.tracks.length}} drives`; return d; }};
+legend.onAdd = () => {{
+  const d = L.DomUtil.create("div", "legend");
+  d.innerHTML = `${{data.potholes.length}} potholes, ${{data.tracks.length}} drives`;
+  return d;
+}};
 legend.addTo(map);
 </script></body></html>
 """

@@ -92,7 +92,8 @@ class Outbox:
         rows = (
             self._db()
             .execute(
-                "SELECT id, payload, attempts FROM messages WHERE destination = ? AND next_try <= ? ORDER BY id LIMIT ?",
+                "SELECT id, payload, attempts FROM messages WHERE destination = ? AND next_try <= ? "
+                "ORDER BY id LIMIT ?",
                 (destination, time.time(), limit),
             )
             .fetchall()

@@ -7,8 +7,9 @@ import logging
 import socket
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.edge.decide import Event

@@ -119,7 +119,8 @@ def read_run(run_dir: Path) -> Run:
     )
     if not events_path.is_file() or not predictions_path.is_file():
         raise UsageError(
-            f"{run_dir} is not an edge-run output folder (no events.jsonl or predictions.jsonl); pass the folders edge-run wrote"
+            f"{run_dir} is not an edge-run output folder (no events.jsonl or predictions.jsonl); "
+            "pass the folders edge-run wrote"
         )
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
@@ -176,7 +177,8 @@ def engine_for(url: str | None, out: Path) -> Any:
         return create_engine(url)
     except (ArgumentError, NoSuchModuleError, ImportError) as e:
         raise UsageError(
-            f"--db {url}: {str(e).splitlines()[0][:160]}; give an SQLAlchemy URL such as sqlite:///potholes.sqlite or postgresql://user@host/db (pip install 'pothole-edge[fleet]')"
+            f"--db {url}: {str(e).splitlines()[0][:160]}; give an SQLAlchemy URL such as sqlite:///potholes.sqlite "
+            "or postgresql://user@host/db (pip install 'pothole-edge[fleet]')"
         ) from None
 
 

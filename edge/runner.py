@@ -138,7 +138,7 @@ class EdgeRun:
         self.delivery, self.vehicle = delivery if delivery else (None, None)
         self.closed_events: set[int] = set()
         self.writer = Writer(
-            recorder.out, recorder, Storage(recorder.out, cap, self.delivered), clips, source.fps
+            recorder.out, recorder, Storage(recorder.out, cap, self.delivered), clips, source.fps, bool(source.live)
         ).start()
         self.annotator = Annotator(
             recorder.out / "annotated.mp4" if config.save_video else None, config.show, source.fps, self.threshold

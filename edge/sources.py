@@ -126,7 +126,10 @@ class VideoFile:
             if not ok:
                 image = None
         if self.expected and index < self.expected - 1 and not stop.is_set():
-            self.ended_early = f"the video ended at frame {index} of the {self.expected} its header announces; it may be truncated or damaged"
+            self.ended_early = (
+                f"the video ended at frame {index} of the {self.expected} its header announces; "
+                "it may be truncated or damaged"
+            )
             log.warning("%s: %s", printable(self.path), self.ended_early)
 
     def close(self) -> None:

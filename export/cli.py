@@ -38,7 +38,9 @@ def _d(name: str) -> str:
 @click.option(
     "--min-label-agreement", type=float, help="FP32 gate: fraction of equal frame labels." + _d("min_label_agreement")
 )
-@click.option("--fp16-prob-tol", type=float, help="FP16 gate: max |frame probability difference|." + _d("fp16_prob_tol"))
+@click.option(
+    "--fp16-prob-tol", type=float, help="FP16 gate: max |frame probability difference|." + _d("fp16_prob_tol")
+)
 @click.option("--batch-size", type=int, help="Tiles per batch in the parity passes." + _d("batch_size"))
 @click.option("--int8-max-accuracy-drop", type=float, help="INT8 and FP16 gate." + _d("int8_max_accuracy_drop"))
 @click.option("--int8-max-auc-drop", type=float, help="INT8 and FP16 gate." + _d("int8_max_auc_drop"))

@@ -3,8 +3,9 @@ PIL's, which every still image goes through. The tiles come from the same view c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -317,7 +317,7 @@ def _export(
         runner, got = _onnx_tiles(path, tiles, config.batch_size)
         own = _own_threshold(runner, val, variant_meta, path, config)
         reports.append(parity.compare(f"pytorch vs ort {variant}", reference, got, labels, spec, drop, own))
-        timings[variant] = latency(lambda: runner.probs(frame), config.speed_runs, 5)
+        timings[variant] = latency(lambda r=runner: r.probs(frame), config.speed_runs, 5)
     if config.fp16:
         path = stage / "model.fp16.onnx"
         variants.fp16(fp32, path)
@@ -363,7 +363,9 @@ def _own_threshold(
         meta
         | {
             "threshold": threshold,
-            "threshold_method": f"{how}; chosen again for this {meta['variant']} model (FP32's: {meta['threshold']:.4f})",
+            "threshold_method": (
+                f"{how}; chosen again for this {meta['variant']} model (FP32's: {meta['threshold']:.4f})"
+            ),
         },
         None,
     )

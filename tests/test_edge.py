@@ -337,7 +337,7 @@ def test_stream_survives_two_server_restarts(model, tmp_path):
         marks = []
         for restart in range(2):
             seen = count()
-            wait_for(lambda: count() >= seen + 20, 60, f"frames before restart {restart + 1}")
+            wait_for(lambda s=seen: count() >= s + 20, 60, f"frames before restart {restart + 1}")
             server.terminate()
             server.wait(10)
             time.sleep(1.0)  # the server is down for at least a second
@@ -385,8 +385,8 @@ def test_sigterm_and_kill_keep_what_was_written(model, tmp_path):
             text=True,
         )
         wait_for(
-            lambda: (
-                (out / "predictions.jsonl").exists() and len((out / "predictions.jsonl").read_text().splitlines()) > 150
+            lambda o=out: (
+                (o / "predictions.jsonl").exists() and len((o / "predictions.jsonl").read_text().splitlines()) > 150
             ),
             60,
             "predictions",

@@ -199,7 +199,8 @@ def test_the_map_shows_a_marker_for_every_pothole_in_a_real_browser(drives, tmp_
         ids = browser.execute_script("return window.potholeMarkers.map(m => m.options.potholeId)")
         drawn = browser.execute_script("return document.querySelectorAll('path.leaflet-interactive').length")
         tracks = browser.execute_script(
-            "let n = 0; map.eachLayer(l => { if (l instanceof L.Polyline && !(l instanceof L.CircleMarker)) n++; }); return n"
+            "let n = 0; "
+            "map.eachLayer(l => { if (l instanceof L.Polyline && !(l instanceof L.CircleMarker)) n++; }); return n"
         )
         expected = sorted(f["id"] for f in _features(tmp_path / "map"))
         assert sorted(ids) == expected and drawn >= len(expected) and tracks == 2

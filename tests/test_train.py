@@ -297,9 +297,15 @@ def test_tile_draws_keep_the_box_in_view_and_clear_tiles_off_every_box():
             assert not any(x < b[2] and b[0] < x + side and y < b[3] and b[1] < y + side for b in boxes)
     samples = [sample, Sample(0, "n.jpg", 0, "g", "train", "", ()), Sample(1, "w.jpg", 1, "k", "train", "", None)]
     first = plan_epoch(samples, 3, 0, "boxes", False, {}, with_frame=False)
-    assert first == plan_epoch(samples, 3, 0, "boxes", False, {}, with_frame=False)  # seeded: a resumed run draws the same
+    assert first == plan_epoch(
+        samples, 3, 0, "boxes", False, {}, with_frame=False
+    )  # seeded: a resumed run draws the same
     assert sorted(d.mode for d in first) == ["box", "clear", "mil", "random"]
-    assert sorted(d.mode for d in plan_epoch(samples, 3, 0, "mil", False, {}, with_frame=False)) == ["mil", "mil", "random"]
+    assert sorted(d.mode for d in plan_epoch(samples, 3, 0, "mil", False, {}, with_frame=False)) == [
+        "mil",
+        "mil",
+        "random",
+    ]
     # with a whole-frame level in the view, about half the frames also teach that tile their own label
     many = [Sample(0, f"{i}.jpg", i % 2, f"h{i}", "train", "", ()) for i in range(400)]
     frames = [d for d in plan_epoch(many, 0, 0, "boxes", False, {}) if d.mode == "frame"]

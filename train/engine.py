@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ def train_one_epoch(
     criterion: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     ctx: Context,
-    scaler: "torch.amp.GradScaler | None",
+    scaler: torch.amp.GradScaler | None,
     amp: bool,
     desc: str,
 ) -> tuple[float, float, int]:

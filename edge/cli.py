@@ -152,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--clips",
         metavar="PRE,POST",
-        help="write clips/event_NNNNN.mp4 from PRE seconds before each event to POST seconds after it, e.g. 5,5",
+        help="write clips/event_NNNNN.avi (Motion JPEG) from PRE seconds before each event to POST after it, e.g. 5,5",
     )
     c.add_argument(
         "--max-storage",

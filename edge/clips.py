@@ -2,17 +2,17 @@
 
 The inference thread only hands frames over (a reference, no copy). The writer JPEG-encodes them into a ring
 bounded by bytes, so the PRE seconds before an event exist when it opens; a clip then runs until POST seconds
-after the event closes. Snapshots are written here too. When the storage cap is reached, the oldest files of
-events already delivered go first; files of events still waiting in the outbox are never deleted.
+after the event closes. A clip is a Motion-JPEG AVI made of those same JPEG bytes, so it costs no encoding.
+Snapshots are written here too. When the storage cap is reached, the oldest files of events already delivered go
+first; files of events still waiting in the outbox are never deleted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
-import shutil
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -23,11 +23,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pothole_edge.edge.avi import MjpegAvi
 from pothole_edge.errors import UsageError, is_disk_full
-from pothole_edge.fileio import encodable
 
 log = logging.getLogger("edge")
-EVENT_FILE = re.compile(r"event_(\d+)\.(jpg|mp4)$")
+EVENT_FILE = re.compile(r"event_(\d+)\.(jpg|avi)$")
 UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
 
@@ -155,6 +155,7 @@ class Writer:
         # does, so its clips hold every frame, as they would in a replay of the same drive
         self.live = live
         self.ring: deque[tuple[float, bytes]] = deque()
+        self.size = (0, 0)  # the frames' width and height, from the first one
         self.ring_bytes, self._ring_used = ring_bytes, 0
         self.active: list[_Clip] = []
         self.stats = ClipStats()
@@ -210,6 +211,7 @@ class Writer:
         if not ok:
             return
         jpeg = data.tobytes()
+        self.size = (image.shape[1], image.shape[0])
         self.ring.append((t, jpeg))
         self._ring_used += len(jpeg)
         pre = self.clips[0] if self.clips else 0
@@ -219,30 +221,23 @@ class Writer:
             if clip.until is not None and t > clip.until:
                 self._finish(clip)
             else:
-                self._write(clip, image)
+                self._write(clip, jpeg)
 
     def _open(self, event: int, t: float) -> None:
         if not self.recorder.optional or not self.storage.make_room(len(self.ring[-1][1]) * 10 if self.ring else 0):
             self.stats.skipped_for_space += 1
             return
-        path = self.out / "clips" / f"event_{event:05d}.mp4"
-        # OpenCV crashes on paths it cannot encode: such a clip is written elsewhere and moved when done
-        tmp = (
-            path.with_name(f".event_{event:05d}.partial.mp4")
-            if encodable(str(path))
-            else Path(tempfile.mkdtemp()) / "clip.mp4"
-        )
-        clip = _Clip(event, path, None, tmp)
+        path = self.out / "clips" / f"event_{event:05d}.avi"
+        clip = _Clip(event, path, None, path.with_name(f".event_{event:05d}.partial.avi"))
         for ft, jpeg in self.ring:  # the seconds before the event, from the ring
             if ft >= t - self.clips[0] - 1e-6:
-                self._write(clip, cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+                self._write(clip, jpeg)
         self.active.append(clip)  # an event on the run's first frame has no ring yet: its frames come next
 
-    def _write(self, clip: _Clip, image: np.ndarray) -> None:
+    def _write(self, clip: _Clip, jpeg: bytes) -> None:
         if clip.writer is None:
-            size = (image.shape[1], image.shape[0])
-            clip.writer = cv2.VideoWriter(str(clip.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
-        clip.writer.write(image)
+            clip.writer = MjpegAvi(clip.tmp, *self.size, self.fps)
+        clip.writer.write(jpeg)
         clip.frames += 1
 
     def _close(self, event: int, t: float) -> None:
@@ -254,8 +249,8 @@ class Writer:
         self.active.remove(clip)
         if clip.writer is None:  # no frame arrived (the run ended at once): nothing to keep
             return
-        clip.writer.release()
-        shutil.move(str(clip.tmp), clip.path)
+        clip.writer.close()
+        os.replace(clip.tmp, clip.path)
         self.stats.clips += 1
         self.storage.make_room()
 

@@ -52,7 +52,7 @@ class EdgeConfig:
     outbox_max: int = 100_000  # messages; when full, the oldest goes (counted)
     drain_timeout: float = 10.0  # seconds given to delivery at the end of a run
     attach_snapshot: bool = False  # put the snapshot in the message, base64, instead of its path
-    clips: str | None = None  # "PRE,POST" seconds: clips/event_NNNNN.mp4 around each event
+    clips: str | None = None  # "PRE,POST" seconds: clips/event_NNNNN.avi around each event
     max_storage: str | None = None  # e.g. "2GB": cap on clips, snapshots and annotated video
 
     def source(self) -> tuple[str, int | str]:

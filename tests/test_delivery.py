@@ -314,13 +314,34 @@ def test_bad_delivery_flags_are_one_line(model, clip, tmp_path):
 
 
 def _frames(path: Path) -> int:
+    """The frames FFmpeg decodes from a clip, checked against what the clip's own headers and index say."""
     import cv2
 
-    cap = cv2.VideoCapture(str(path))
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     n = 0
     while cap.read()[0]:
         n += 1
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == n and cap.get(cv2.CAP_PROP_FPS) == 10
     cap.release()
+    if shutil.which("ffprobe"):
+        probe = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-count_packets",
+                "-show_entries",
+                "stream=codec_name,nb_read_packets,nb_frames",
+                "-of",
+                "json",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (stream,) = json.loads(probe.stdout)["streams"]
+        assert stream["codec_name"] == "mjpeg" and int(stream["nb_read_packets"]) == int(stream["nb_frames"]) == n
     return n
 
 
@@ -333,7 +354,7 @@ def test_a_clip_runs_from_before_an_event_to_after_it(model, clip, tmp_path):
     assert result["storage"]["clips"] == len(events) == 6
     assert result["storage"]["frames_dropped_by_writer"] == 0  # a file waits for the writer; a camera would not
     for e in events:
-        n = _frames(tmp_path / "run" / "clips" / f"event_{e['id']:05d}.mp4")
+        n = _frames(tmp_path / "run" / "clips" / f"event_{e['id']:05d}.avi")
         # 1 s before the event opens (10 frames at 10 fps), the event, and 0.5 s after it closes
         assert 10 + e["frames"] <= n <= 10 + e["frames"] + 6
     assert not list((tmp_path / "run" / "clips").glob(".*"))  # no half-written clip left
@@ -345,7 +366,7 @@ def test_an_event_on_the_first_frame_gets_its_clip_through_the_command_line(mode
     assert result.returncode == 0, result.stderr
     (event,) = [e for e in lines(tmp_path / "run" / "events.jsonl") if e["status"] == "closed"]
     assert event["start_frame"] == 0
-    n = _frames(tmp_path / "run" / "clips" / f"event_{event['id']:05d}.mp4")
+    n = _frames(tmp_path / "run" / "clips" / f"event_{event['id']:05d}.avi")
     assert event["frames"] <= n <= event["frames"] + 6  # nothing before the first frame; 0.5 s after the close
 
 
@@ -363,7 +384,7 @@ def test_the_storage_cap_removes_delivered_events_oldest_first_and_keeps_undeliv
     assert capped["storage"]["storage_used_bytes"] <= cap and removed
     ids = [int(Path(r).stem.split("_")[1]) for r in removed]
     assert ids == sorted(ids) and 1 in ids and 6 not in ids  # the oldest went first, the newest stayed
-    kept = {int(p.stem.split("_")[1]) for p in (tmp_path / "capped" / "clips").glob("event_*.mp4")}
+    kept = {int(p.stem.split("_")[1]) for p in (tmp_path / "capped" / "clips").glob("event_*.avi")}
     assert kept and max(kept) == 6
     # nothing is delivered to a dead webhook: every file stays, and what did not fit was never written
     dead = run(

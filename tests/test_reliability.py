@@ -72,10 +72,20 @@ def test_odd_file_names_neither_crash_nor_lose_their_bytes(model, tmp_path):
     video = write_video(tmp_path / "plain.mp4")
     shutil.copy(video, folder / f"{ODD}.mp4")
     result = edge_run(
-        "--model", str(model), "--video", str(folder / f"{ODD}.mp4"), "--out", str(folder / "out"), "--save-video"
+        "--model",
+        str(model),
+        "--video",
+        str(folder / f"{ODD}.mp4"),
+        "--out",
+        str(folder / "out"),
+        "--save-video",
+        "--clips",
+        "1,1",
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads((folder / "out" / "summary.json").read_text())["events"] == 2
+    summary = json.loads((folder / "out" / "summary.json").read_text())
+    assert summary["events"] == 2 and summary["storage"]["clips"] == 2
+    assert len(list((folder / "out" / "clips").glob("event_*.avi"))) == 2
     from pothole_edge.edge import clip
 
     path = clip.render([(folder / f"{ODD}.png", "pothole")], str(folder / f"{ODD}.mp4.clip.mp4"), 2, (64, 64))

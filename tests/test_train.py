@@ -285,13 +285,15 @@ def test_tile_draws_keep_the_box_in_view_and_clear_tiles_off_every_box():
     sample = Sample(0, "p.jpg", 1, "h", "train", "", boxes)
     edge = (1 - 224 / 256) / 2
     for seed in range(200):
-        (x, y, side), label = footprint(Draw(0, "box", 1, seed), sample, 800, 500, spec)
-        m = edge * side
-        assert label == 1 and 0 <= x and x + side <= 800 + 1e-6 and y + side <= 500 + 1e-6
-        assert any(
-            x + m - 1 <= b[0] and b[2] <= x + side - m + 1 and y + m - 1 <= b[1] and b[3] <= y + side - m + 1
-            for b in boxes
-        )
+        for mode in ("box", "frame"):  # a wide frame tile labelled pothole shows one too
+            (x, y, side), label = footprint(Draw(0, mode, 1, seed), sample, 800, 500, spec)
+            m = edge * side
+            assert label == 1 and 0 <= x and x + side <= 800 + 1e-6 and y + side <= 500 + 1e-6
+            assert mode == "box" or side >= 0.8 * 500 - 1e-6
+            assert any(
+                x + m - 1 <= b[0] and b[2] <= x + side - m + 1 and y + m - 1 <= b[1] and b[3] <= y + side - m + 1
+                for b in boxes
+            )
         (x, y, side), label = footprint(Draw(0, "clear", 0, seed), sample, 800, 500, spec)
         if label == 0:
             assert not any(x < b[2] and b[0] < x + side and y < b[3] and b[1] < y + side for b in boxes)

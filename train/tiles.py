@@ -105,6 +105,8 @@ def footprint(draw: Draw, sample: Sample, w: int, h: int, spec: dict[str, Any]) 
 
     if draw.mode in ("whole", "frame"):
         side = min(w, h) * rng.uniform(0.6 if draw.mode == "whole" else 0.8, 1.0)
+        if draw.label == 1 and sample.boxes:  # a wide tile labelled pothole must show one
+            return _around(rng.choice(sample.boxes), side, edge, w, h, rng), 1
         return (rng.uniform(0, w - side), rng.uniform(0, h - side), side), draw.label
     if draw.mode in ("mil", "hard") and draw.hint is not None:
         x, y, side = draw.hint
@@ -120,18 +122,23 @@ def footprint(draw: Draw, sample: Sample, w: int, h: int, spec: dict[str, Any]) 
                 return fp, 0
         draw = Draw(draw.index, "box", 1, draw.seed)
     if draw.mode == "box":
-        x0, y0, x1, y1 = rng.choice(sample.boxes)
-        side = min(
-            max(rng.choice(fine) * rng.uniform(*SCALE_JITTER), 1.25 * max(x1 - x0, y1 - y0) / (1 - 2 * edge)), w, h
-        )
-        # anywhere that keeps the whole box inside the part of the tile the model sees
-        m = edge * side
-        lo_x, hi_x = max(0.0, x1 + m - side), min(x0 - m, w - side)
-        lo_y, hi_y = max(0.0, y1 + m - side), min(y0 - m, h - side)
-        x = rng.uniform(lo_x, hi_x) if hi_x > lo_x else (x0 + x1 - side) / 2
-        y = rng.uniform(lo_y, hi_y) if hi_y > lo_y else (y0 + y1 - side) / 2
-        return _inside((x, y, side), w, h), 1
+        box = rng.choice(sample.boxes)
+        big_enough = 1.25 * max(box[2] - box[0], box[3] - box[1]) / (1 - 2 * edge)
+        side = min(max(rng.choice(fine) * rng.uniform(*SCALE_JITTER), big_enough), w, h)
+        return _around(box, side, edge, w, h, rng), 1
     return random_fp(sides), 0  # a negative frame is negative at every level of the view, the whole frame too
+
+
+def _around(box: Box, side: float, edge: float, w: int, h: int, rng: random.Random) -> Footprint:
+    """A square of this side anywhere that keeps the whole box inside the part of the tile the model sees."""
+    x0, y0, x1, y1 = box
+    side = min(side, w, h)
+    m = edge * side
+    lo_x, hi_x = max(0.0, x1 + m - side), min(x0 - m, w - side)
+    lo_y, hi_y = max(0.0, y1 + m - side), min(y0 - m, h - side)
+    x = rng.uniform(lo_x, hi_x) if hi_x > lo_x else (x0 + x1 - side) / 2
+    y = rng.uniform(lo_y, hi_y) if hi_y > lo_y else (y0 + y1 - side) / 2
+    return _inside((x, y, side), w, h)
 
 
 def augment(tile: np.ndarray, seed: int) -> np.ndarray:

@@ -98,11 +98,13 @@ class MjpegAvi:
         self._f.write(struct.pack("<I", end - start - 8))
         self._f.seek(end)
 
-    def full(self, incoming: int = 0) -> bool:
-        return self._f.tell() + len(self._index) + incoming + 16 > MAX_BYTES
+    def full(self, jpeg_bytes: int) -> bool:
+        """Whether a frame of this size would take the file, with its index, past the limit."""
+        after = self._f.tell() + 8 + jpeg_bytes + 1 + len(self._index) + 16 + 8
+        return after > MAX_BYTES
 
     def write(self, jpeg: bytes) -> None:
-        if self.full(len(jpeg) + 8):
+        if self.full(len(jpeg)):
             raise OSError("the clip reached the AVI size limit of 2 GiB")
         offset = self._f.tell() - (self._movi_start + 8)  # from the 'movi' tag, as idx1 counts
         self._f.write(b"00dc" + struct.pack("<I", len(jpeg)) + jpeg + (b"\0" if len(jpeg) % 2 else b""))

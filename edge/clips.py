@@ -116,7 +116,7 @@ class Storage:
 class _Clip:
     event: int
     path: Path
-    writer: Any
+    writer: MjpegAvi | None
     tmp: Path
     until: float | None = None  # set when the event closes: frames up to this time still go in
     frames: int = 0
@@ -198,11 +198,9 @@ class Writer:
                 break
             try:
                 getattr(self, "_" + item[0])(*item[1:])
-            except OSError as e:
-                if not is_disk_full(e):
-                    raise
+            except Exception as e:  # the thread must go on taking items: a file source waits on this queue
                 self.stats.errors.append(str(e))
-                self.recorder.stop_optional("the disk is full")
+                self.recorder.stop_optional("the disk is full" if is_disk_full(e) else f"the event writer failed ({e})")
         for clip in list(self.active):
             self._finish(clip)
 
@@ -237,6 +235,11 @@ class Writer:
     def _write(self, clip: _Clip, jpeg: bytes) -> None:
         if clip.writer is None:
             clip.writer = MjpegAvi(clip.tmp, *self.size, self.fps)
+        if clip.writer.full(len(jpeg)):
+            if clip.until != float("-inf"):
+                log.warning("clip of event %d reached the AVI limit of 2 GiB; it ends here", clip.event)
+            clip.until = float("-inf")  # the next frame finishes it
+            return
         clip.writer.write(jpeg)
         clip.frames += 1
 

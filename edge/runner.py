@@ -284,7 +284,7 @@ class EdgeRun:
             self.events(step, frame, row, where, box, prob)
             row["event"] = self.detector.current.id if self.detector.current is not None else None
         self.recorder.prediction(row)
-        if self.temporal and frame.timestamp is not None:
+        if self.writer.clips and self.temporal and frame.timestamp is not None:
             self.writer.frame(frame.timestamp, frame.bgr())
         if self.annotator.active and not self.annotator.write(frame.bgr(), prob, active, box):
             self.stop.set()  # the user closed the --show window

@@ -360,6 +360,26 @@ def test_a_clip_runs_from_before_an_event_to_after_it(model, clip, tmp_path):
     assert not list((tmp_path / "run" / "clips").glob(".*"))  # no half-written clip left
 
 
+def test_a_clip_at_the_avi_limit_ends_and_a_failing_writer_never_stalls_the_run(model, clip, tmp_path, monkeypatch):
+    from pothole_edge.edge import avi, clips
+    from pothole_edge.edge.config import EdgeConfig
+    from pothole_edge.edge.runner import run
+
+    monkeypatch.setattr(avi, "MAX_BYTES", 12_000)  # a few 64x48 frames
+    result = run(EdgeConfig(model=str(model), video=str(clip), out=str(tmp_path / "limit"), clips="1,0.5"))
+    assert result["frames"]["processed"] == 120 and result["storage"]["clips"] == 6
+    for path in (tmp_path / "limit" / "clips").glob("event_*.avi"):
+        assert 0 < _frames(path) < 10 + 7 and path.stat().st_size <= 12_000
+
+    def broken(*args):
+        raise ValueError("a codec error")
+
+    monkeypatch.setattr(clips.Writer, "_snapshot", broken)
+    monkeypatch.setattr(clips.Writer, "_frame", broken)
+    result = run(EdgeConfig(model=str(model), video=str(clip), out=str(tmp_path / "broken"), clips="1,0.5"))
+    assert result["status"] == "finished" and result["frames"]["processed"] == 120 and result["events"] == 6
+
+
 def test_an_event_on_the_first_frame_gets_its_clip_through_the_command_line(model, tmp_path):
     video = write_video(tmp_path / "starts-on-a-pothole.mp4", [(BRIGHT, 6), (DARK, 12)])
     result = edge_run("--model", str(model), "--video", str(video), "--out", str(tmp_path / "run"), "--clips", "1,0.5")

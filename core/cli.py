@@ -103,6 +103,12 @@ COMMANDS = {
         "export",
         ("torch", "onnx", "onnxruntime", "onnxslim", "click", "cv2"),
     ),
+    "pt-calibrate": (
+        "pothole_edge.export.cli",
+        "calibrate_main",
+        "export",
+        ("onnxruntime", "click", "cv2", "PIL", "matplotlib"),
+    ),
     "pt-bench": (
         "pothole_edge.benchmarks.cli",
         "bench_main",
@@ -130,6 +136,7 @@ def launch(name: str) -> None:
 pt_train = functools.partial(launch, "pt-train")
 pt_eval = functools.partial(launch, "pt-eval")
 pt_export = functools.partial(launch, "pt-export")
+pt_calibrate = functools.partial(launch, "pt-calibrate")
 pt_bench = functools.partial(launch, "pt-bench")
 edge_run = functools.partial(launch, "edge-run")
 edge_clip = functools.partial(launch, "edge-clip")

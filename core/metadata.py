@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -63,37 +64,94 @@ def _entry(data: bytes) -> tuple[str, str]:
     return fields.get(1, ""), fields.get(2, "")
 
 
+def _fields(f: BinaryIO, size: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, start, payload start, end) of each top-level field of a ModelProto, skipping payloads."""
+    while True:
+        start = f.tell()
+        tag = _varint(f)
+        if tag is None:
+            return
+        if tag <= 0:
+            raise ValueError("bad field tag")
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            if _varint(f) in (None, -1):
+                raise ValueError("truncated varint")
+            payload = f.tell()
+        elif wire == 2:
+            n = _varint(f)
+            if n is None or n < 0 or f.tell() + n > size:
+                raise ValueError("length past the end of the file")
+            payload = f.tell()
+            f.seek(n, os.SEEK_CUR)
+        elif wire in (1, 5):
+            payload = f.tell()
+            f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+            if f.tell() > size:
+                raise ValueError("fixed field past the end of the file")
+        else:
+            raise ValueError(f"wire type {wire}")
+        yield field, start, payload, f.tell()
+
+
+def _check_not_checkpoint(f: BinaryIO, path: str | os.PathLike) -> None:
+    if f.read(4) == ZIP_MAGIC:
+        raise MetadataError(f"{path} is a PyTorch checkpoint, not an ONNX model; export it first: pt-export RUN_DIR")
+    f.seek(0)
+
+
 def read_props(path: str | os.PathLike) -> dict[str, str]:
     """The model's metadata_props, reading only the top level of the ModelProto."""
     props: dict[str, str] = {}
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        if f.read(4) == ZIP_MAGIC:
-            raise MetadataError(
-                f"{path} is a PyTorch checkpoint, not an ONNX model; export it first: pt-export RUN_DIR"
-            )
-        f.seek(0)
-        while (tag := _varint(f)) is not None:
-            if tag <= 0:
-                raise ValueError("bad field tag")
-            field, wire = tag >> 3, tag & 7
-            if wire == 0:
-                if _varint(f) in (None, -1):
-                    raise ValueError("truncated varint")
-            elif wire == 2:
-                n = _varint(f)
-                if n is None or n < 0 or f.tell() + n > size:
-                    raise ValueError("length past the end of the file")
-                if field == METADATA_PROPS:
-                    key, value = _entry(f.read(n))
-                    props[key] = value
-                else:
-                    f.seek(n, os.SEEK_CUR)
-            elif wire in (1, 5):
-                f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
-            else:
-                raise ValueError(f"wire type {wire}")
+        _check_not_checkpoint(f, path)
+        for field, _, payload, end in _fields(f, size):
+            if field == METADATA_PROPS:
+                here = f.tell()
+                f.seek(payload)
+                key, value = _entry(f.read(end - payload))
+                props[key] = value
+                f.seek(here)
     return props
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _encode_varint(field << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def rewrite(src: str | os.PathLike, dst: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write `src` to `dst` (atomically) with its pothole-edge metadata replaced by `meta`.
+
+    Every other byte of the model is copied as it is: the graph and its weights are untouched, so a
+    model that only changes its description (a calibrated threshold) needs no onnx and no torch.
+    """
+    from pothole_edge.fileio import write_bytes
+
+    size = os.path.getsize(src)
+    kept = bytearray()
+    with open(src, "rb") as f:
+        _check_not_checkpoint(f, src)
+        for field, start, payload, end in _fields(f, size):
+            here = f.tell()
+            f.seek(start)
+            chunk = f.read(end - start)
+            f.seek(here)
+            if field == METADATA_PROPS and _entry(chunk[payload - start :])[0] == KEY:
+                continue
+            kept += chunk
+    entry = _length_delimited(1, KEY.encode("utf-8")) + _length_delimited(2, dumps(meta).encode("utf-8"))
+    return write_bytes(dst, bytes(kept) + _length_delimited(METADATA_PROPS, entry))
 
 
 def parse(text: str | None, source: str) -> dict[str, Any]:

@@ -8,13 +8,14 @@ from typing import Any
 import click
 
 from pothole_edge.cli import default, given, main_click, run
+from pothole_edge.export.calibrate import CalibrateConfig
 from pothole_edge.export.config import ExportConfig
 
-X = ExportConfig
+X, K = ExportConfig, CalibrateConfig
 
 
-def _d(name: str) -> str:
-    return f"  [default: {default(X, name)}]"
+def _d(name: str, config: type = X) -> str:
+    return f"  [default: {default(config, name)}]"
 
 
 @click.command("pt-export", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
@@ -72,3 +73,33 @@ def export_command(checkpoint: str, **options: Any) -> None:
 
 def export_main(argv: list[str] | None = None) -> None:
     main_click(export_command, argv)
+
+
+@click.command("pt-calibrate", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.argument("model")
+@click.option("--data", required=True, help="Folder of unlabelled frames from your own camera and roads.")
+@click.option("--out", help="The calibrated model (.onnx).  [default: MODEL with .calibrated.onnx]")
+@click.option(
+    "--max-fpr", type=float, help="Share of pothole-free frames allowed to raise an alarm." + _d("max_fpr", K)
+)
+@click.option(
+    "--pothole-share",
+    type=float,
+    help="Share of the frames you expect to show a pothole; they may score above the threshold too."
+    + _d("pothole_share", K),
+)
+@click.option("--threads", type=int, help="Inference threads.  [default: every usable core]")
+def calibrate_command(model: str, **options: Any) -> None:
+    """Set MODEL's threshold (an ONNX model from pt-export) from the scores of unlabelled frames of your own
+    camera and roads, where potholes are rare, and write a copy that edge-run uses as it is."""
+
+    def go() -> None:
+        from pothole_edge.export.calibrate import calibrate
+
+        calibrate(CalibrateConfig(model=model, **given(**options)))
+
+    run(go)
+
+
+def calibrate_main(argv: list[str] | None = None) -> None:
+    main_click(calibrate_command, argv)

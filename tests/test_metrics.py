@@ -43,6 +43,22 @@ def test_max_fpr_threshold_keeps_false_alarms_within_budget():
     assert metrics.choose_threshold(y, p, "max-fpr", 0.1)[0] < metrics.choose_threshold(y, p, "max-fpr", 0.0)[0]
 
 
+def test_max_fpr_says_when_too_few_negatives_resolve_the_budget():
+    """42 negatives cannot resolve 2%: the threshold must not sit on the single highest negative."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(42, int), np.ones(40, int)]
+    p = np.r_[rng.beta(2, 8, 41), [0.992], rng.beta(6, 2, 40)]
+    t, how = metrics.choose_threshold(y, p, "max-fpr", 0.02)
+    negatives = np.sort(p[y == 0])
+    assert negatives[-2] < t < negatives[-1]  # one negative above it, the outlier; no more
+    assert "cannot resolve" in how and "42 negatives" in how
+    # enough negatives for the budget: no note, and the rule is the plain one
+    y2 = np.r_[np.zeros(100, int), np.ones(40, int)]
+    p2 = np.r_[rng.beta(2, 8, 100), rng.beta(6, 2, 40)]
+    t2, how2 = metrics.choose_threshold(y2, p2, "max-fpr", 0.02)
+    assert "cannot resolve" not in how2 and (p2[y2 == 0] >= t2).mean() <= 0.02
+
+
 def test_youden_separates_validation_and_prefers_half():
     y = np.array([0, 0, 0, 1, 1, 1])
     t, _ = metrics.choose_threshold(y, np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.9]), "youden")

@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from pothole_edge.cli import default, given, main_click, run
-from pothole_edge.train.config import ARCH_CHOICES, CLASS_WEIGHTS, LABELS, THRESHOLD_RULES, EvalConfig, TrainConfig
+from pothole_edge.train.config import (
+    ARCH_CHOICES,
+    AUGMENTS,
+    CLASS_WEIGHTS,
+    LABELS,
+    THRESHOLD_RULES,
+    EvalConfig,
+    TrainConfig,
+)
 
 T, E = TrainConfig, EvalConfig
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
@@ -40,11 +48,17 @@ def _d(config: type, name: str) -> str:
     type=click.Choice(LABELS),
     help="Tile labels from boxes.csv where a root has one (else MIL), or MIL everywhere." + _d(T, "labels"),
 )
+@click.option(
+    "--augment",
+    type=click.Choice(AUGMENTS),
+    help="Tile augmentation: basic (mirror, light, colour), or road (also pavement colour, gamma, blur, noise, JPEG "
+    "and shadows, as other roads and cameras bring)." + _d(T, "augment"),
+)
 @click.option("--group-column", help="frames.csv column whose frames share a split." + _d(T, "group_column"))
 @click.option("--epochs", type=int, help="Most epochs." + _d(T, "epochs"))
 @click.option("--batch-size", type=int, help="Tiles per step." + _d(T, "batch_size"))
 @click.option("--lr", type=float, help="Adam learning rate.  [default: 3e-4 with pretrained weights, 1e-3 without]")
-@click.option("--weight-decay", type=float, help=_d(T, "weight_decay").strip())
+@click.option("--weight-decay", type=float, help="Adam's L2 penalty on the weights." + _d(T, "weight_decay"))
 @click.option("--patience", type=int, help="Early stopping: epochs without val-loss gain." + _d(T, "patience"))
 @click.option(
     "--min-delta", type=float, help="Early stopping: smallest val-loss drop that counts." + _d(T, "min_delta")
@@ -69,9 +83,24 @@ def _d(config: type, name: str) -> str:
     help="Frames of each kind re-scored each epoch for their hottest tile: hard negatives and MIL positives."
     + _d(T, "hard_negatives"),
 )
-@click.option("--val-fraction", type=float, help=_d(T, "val_fraction").strip())
-@click.option("--test-fraction", type=float, help=_d(T, "test_fraction").strip())
-@click.option("--seed", type=int, help=_d(T, "seed").strip())
+@click.option(
+    "--val-fraction",
+    type=float,
+    help="Share of each root (of the rest, with --cv) that validates." + _d(T, "val_fraction"),
+)
+@click.option(
+    "--test-fraction", type=float, help="Share of each root held out to test (not with --cv)." + _d(T, "test_fraction")
+)
+@click.option(
+    "--seed", type=int, help="Seed of the split, the folds, the tile draws and the weights' start." + _d(T, "seed")
+)
+@click.option(
+    "--cv",
+    type=int,
+    help="Cross-validate: deal whole groups (--group-column, e.g. road) into this many folds and train one run "
+    "holding out each; writes cv.json and cv.png.  [default: 0, one split]",
+)
+@click.option("--cv-fold", type=int, help="With --cv: train only this fold (1 to --cv).  [default: every fold]")
 @click.option(
     "--workers",
     type=int,
@@ -85,6 +114,7 @@ def train_command(resume: str | None, data: tuple[str, ...], **options: Any) -> 
     """Train and evaluate a pothole classifier on folders of labelled road photos and dashcam frames."""
 
     def go() -> None:
+        from pothole_edge.train.cv import cross_validate, is_cross_validation
         from pothole_edge.train.run import train
 
         if resume:
@@ -94,9 +124,10 @@ def train_command(resume: str | None, data: tuple[str, ...], **options: Any) -> 
                     "--resume uses the run's saved config; ignoring --%s",
                     ", --".join(k.replace("_", "-") for k in ignored),
                 )
-            train(None, resume=resume)
+            (cross_validate if is_cross_validation(resume) else train)(None, resume=resume)
             return
-        train(TrainConfig(data=data, **given(**options)))
+        config = TrainConfig(data=data, **given(**options))
+        (cross_validate if config.cv and not config.cv_fold else train)(config)
 
     run(go, "interrupted")
 

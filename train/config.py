@@ -18,6 +18,7 @@ ARCH_CHOICES = ("resnet50", "efficientnet_lite0")
 LABELS = ("boxes", "mil")
 THRESHOLD_RULES = ("max-fpr", "youden")
 CLASS_WEIGHTS = ("none", "balanced")
+AUGMENTS = ("basic", "road")  # train.tiles.augment
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class TrainConfig:
     grids: str = "1x1+3x2"
     overlap: float = 0.25
     region: str = "0,0,1,1"
+    augment: str = "basic"  # tile augmentation: basic or road (train.tiles.augment)
     labels: str = "boxes"  # tile labels from boxes.csv where a root has one, else MIL; "mil": MIL everywhere
     group_column: str = "segment"  # frames.csv column whose frames must share a split
     epochs: int = 30
@@ -50,6 +52,8 @@ class TrainConfig:
         100  # frames of each kind re-scored each epoch for their hottest tile (hard negatives, MIL positives)
     )
     seed: int = 0
+    cv: int = 0  # cross-validation: this many folds of whole groups, each held out once; 0: one split
+    cv_fold: int = 0  # the fold this run holds out (1..cv); 0 with cv: every fold, one run each
     workers: int | None = None  # None: 0 on 2 cores or fewer, else half the cores, at most 4
     device: str = "auto"
     amp: bool = True
@@ -63,12 +67,17 @@ class TrainConfig:
             )
         _choice("arch", self.arch, ARCH_CHOICES, optional=True)
         _choice("labels", self.labels, LABELS)
+        _choice("augment", self.augment, AUGMENTS)
         _choice("class-weight", self.class_weight, CLASS_WEIGHTS)
         _choice("threshold-rule", self.threshold_rule, THRESHOLD_RULES)
         for name in ("epochs", "batch_size", "patience", "demo_per_class"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("lr_patience", "hard_negatives", "seed"):
+        for name in ("lr_patience", "hard_negatives", "seed", "cv", "cv_fold"):
             _at_least(name, getattr(self, name), 0)
+        if self.cv == 1 or self.cv > 100:
+            raise UsageError(f"--cv must be 0 (one split) or 2 to 100 folds, got {self.cv}")
+        if self.cv_fold > self.cv:
+            raise UsageError(f"--cv-fold must be from 1 to --cv ({self.cv}), got {self.cv_fold}")
         if self.workers is not None:
             _at_least("workers", self.workers, 0)
         if self.img_size is not None and not 16 <= self.img_size <= 1024:

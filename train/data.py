@@ -80,6 +80,12 @@ class LabelledFolder:
         }
 
 
+def source_names(roots: list[Path]) -> list[str]:
+    """A name per data root for reports: its folder name, numbered where two share one."""
+    names = [r.name for r in roots]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
 def _subdirs(folder: Path) -> list[str]:
     try:
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -282,6 +288,8 @@ def load_for_training(
     seed: int,
     workers: int = 4,
     group_column: str = "segment",
+    folds: int = 0,
+    fold: int = 0,
 ) -> LabelledFolder:
     paths = [Path(r).absolute() for r in roots]
     if len(set(paths)) != len(paths):
@@ -291,8 +299,10 @@ def load_for_training(
         root_names, samples, skipped, presplit = _load_root(i, root, positive, workers)
         names = names or root_names
         samples = _annotate(samples, root, group_column)
+        if presplit and folds:
+            raise UsageError(f"--cv needs folders to split; {root} is already split into train/, val/ and test/")
         if not presplit:
-            samples = split_samples(samples, val_fraction, test_fraction, seed)
+            samples = split_samples(samples, val_fraction, test_fraction, seed, folds, fold)
         elif _cross_split_duplicates(samples):
             log.warning(
                 "%d image(s) appear byte-identical in more than one split of %s; their metrics will be optimistic",
@@ -357,29 +367,86 @@ def _union_groups(samples: list[Sample]) -> dict[str, list[Sample]]:
     return groups
 
 
-def split_samples(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int) -> list[Sample]:
+def split_samples(
+    samples: list[Sample], val_fraction: float, test_fraction: float, seed: int, folds: int = 0, fold: int = 0
+) -> list[Sample]:
     """A seeded split in which byte-identical files, and frames of one group, always share a split.
 
     Without groups it is stratified by label. With groups (road segments, whose neighbouring frames
     are near copies) it searches seeded assignments of whole groups for the one closest to the
     fractions that gives val and test both classes. The split depends on the files' bytes, the
     groups and the seed, not on listing order or where the folder lives.
+
+    With `folds` (cross-validation), the groups are dealt into that many balanced folds; fold number
+    `fold` (1-based) is the test split, and `val_fraction` of the rest, whole groups again, validates.
     """
     groups = _union_groups(samples)
     conflicts = [h for h, g in groups.items() if len({s.label for s in g}) > 1 and not any(s.group for s in g)]
     if conflicts:
         log.warning("%d identical image(s) carry both labels; they are kept, in one split", len(conflicts))
     keys = sorted(groups, key=lambda k: min(s.sha256 for s in groups[k]))
-    if any(len(g) > 1 and any(s.group for s in g) for g in groups.values()):
-        assigned = _grouped(keys, groups, val_fraction, test_fraction, seed)
+    grouped = any(len(g) > 1 and any(s.group for s in g) for g in groups.values())
+    assign = _grouped if grouped else _stratified
+    if folds:
+        of = assign_folds(keys, groups, folds, seed, grouped)
+        assigned = {k: "test" for k in keys if of[k] == fold}
+        assigned |= assign([k for k in keys if of[k] != fold], groups, [("val", val_fraction)], seed)
     else:
-        assigned = _stratified(keys, groups, val_fraction, test_fraction, seed)
+        assigned = assign(keys, groups, [("test", test_fraction), ("val", val_fraction)], seed)
     by_hash = {s.sha256: assigned[k] for k in keys for s in groups[k]}
     return [replace(s, split=by_hash[s.sha256]) for s in sorted(samples, key=lambda s: s.path)]
 
 
+def assign_folds(
+    keys: list[str], groups: dict[str, list[Sample]], folds: int, seed: int, grouped: bool, trials: int = 2000
+) -> dict[str, int]:
+    """Deal whole groups into `folds` folds (1-based), seeded and balanced.
+
+    Ungrouped files are dealt per label, so each fold keeps the class balance. Groups (roads) are
+    placed one by one into the emptiest fold, in many seeded orders, keeping the assignment whose
+    folds are closest in size, pothole share and number of groups and each hold both classes where possible.
+    """
+    if len(keys) < folds:
+        what = "groups (frames.csv column --group-column)" if grouped else "distinct images"
+        raise UsageError(f"--cv {folds} needs at least {folds} {what}; a data root has only {len(keys)}")
+    rng = random.Random(f"{seed}:folds")
+    if not grouped:
+        of: dict[str, int] = {}
+        for label in sorted({g[0].label for g in groups.values()}):
+            mine = [k for k in keys if groups[k][0].label == label]
+            rng.shuffle(mine)
+            for i, k in enumerate(mine):
+                of[k] = 1 + i % folds
+        return of
+    n = sum(len(g) for g in groups.values())
+    rate = sum(s.label for g in groups.values() for s in g) / n
+    best: tuple[float, dict[str, int]] | None = None
+    for _ in range(trials):
+        order = keys[:]
+        rng.shuffle(order)
+        size, positives, of = [0] * folds, [0] * folds, {}
+        empty = list(range(folds))
+        rng.shuffle(empty)
+        for k in order:
+            f = empty.pop() if empty else min(range(folds), key=lambda i: (size[i], rng.random()))
+            of[k] = f + 1
+            size[f] += len(groups[k])
+            positives[f] += sum(s.label for s in groups[k])
+        count = [sum(1 for f in of.values() if f == i + 1) for i in range(folds)]
+        # equal group counts too: a fold of many small groups would leave only big ones to validate on
+        cost = sum(
+            abs(s - n / folds) / (n / folds) + abs(p / s - rate) + abs(c - len(keys) / folds) / (len(keys) / folds)
+            for s, p, c in zip(size, positives, count)
+        )
+        cost += 10 * sum(1 for s, p in zip(size, positives) if not 0 < p < s)
+        if best is None or cost < best[0] - 1e-12:
+            best = (cost, of)
+    assert best is not None
+    return best[1]
+
+
 def _stratified(
-    keys: list[str], groups: dict[str, list[Sample]], val_fraction: float, test_fraction: float, seed: int
+    keys: list[str], groups: dict[str, list[Sample]], fractions: list[tuple[str, float]], seed: int
 ) -> dict[str, str]:
     rng = random.Random(seed)
     assigned: dict[str, str] = {}
@@ -388,10 +455,10 @@ def _stratified(
         mine = [k for k in keys if groups[k][0].label == label]
         rng.shuffle(mine)
         total = sum(len(groups[k]) for k in mine)
-        targets = {"test": round(total * test_fraction), "val": round(total * val_fraction)}
-        filled = {"test": 0, "val": 0}
+        targets = {name: round(total * fraction) for name, fraction in fractions}
+        filled = dict.fromkeys(targets, 0)
         for k in mine:
-            split = next((name for name in ("test", "val") if filled[name] < targets[name]), "train")
+            split = next((name for name in targets if filled[name] < targets[name]), "train")
             if split != "train":
                 filled[split] += len(groups[k])
             assigned[k] = split
@@ -401,21 +468,20 @@ def _stratified(
 def _grouped(
     keys: list[str],
     groups: dict[str, list[Sample]],
-    val_fraction: float,
-    test_fraction: float,
+    fractions: list[tuple[str, float]],
     seed: int,
     trials: int = 500,
 ) -> dict[str, str]:
     rng = random.Random(seed)
-    n = sum(len(g) for g in groups.values())
-    rate = sum(s.label for g in groups.values() for s in g) / n
+    n = sum(len(groups[k]) for k in keys)
+    rate = sum(s.label for k in keys for s in groups[k]) / max(n, 1)
     best: tuple[float, dict[str, str]] | None = None
     for _ in range(trials):
         order = keys[:]
         rng.shuffle(order)
         assigned: dict[str, str] = {}
         cost = 0.0
-        for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+        for split, fraction in fractions:
             target, have, positives = n * fraction, 0, 0
             for k in order:
                 if k in assigned or have >= target or have + len(groups[k]) > 1.3 * target:

@@ -175,7 +175,7 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
         draws = plan_epoch(
             samples, epoch, config.seed, config.labels, whole_only, hottest, [1, 1] in spec["view"]["grids"]
         )
-        tiles = TileDataset(paths, samples, draws, spec)
+        tiles = TileDataset(paths, samples, draws, spec, config.augment)
         sampler = (
             DistributedSampler(tiles, ctx.world_size, ctx.rank, shuffle=False, seed=config.seed)
             if ctx.distributed
@@ -274,8 +274,7 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
 
 
 def _subsets(folder: data.LabelledFolder, samples: list[data.Sample]) -> dict[str, np.ndarray]:
-    names = [r.name for r in folder.roots]
-    names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+    names = data.source_names(folder.roots)
     roots = np.array([s.root for s in samples])
     return {names[i]: roots == i for i in range(len(folder.roots)) if (roots == i).any()}
 

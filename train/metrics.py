@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
+
+log = logging.getLogger("pt-train")
 
 # the headline figures of a set of predictions, in the order people read them
 HEADLINE = ("accuracy", "specificity", "sensitivity", "precision", "f1", "average_precision", "roc_auc")
@@ -83,7 +86,9 @@ def choose_threshold(
     """The decision threshold chosen on (validation) labels, and a sentence that says how.
 
     max-fpr: the lowest threshold whose false-positive rate on the negatives stays at or below
-    `max_fpr`, which catches the most potholes for a budget of false alarms. youden: the one that
+    `max_fpr`, which catches the most potholes for a budget of false alarms. Fewer than 1/max_fpr
+    negatives cannot tell that rate from zero; the threshold then allows one of them (0 still
+    means none). youden: the one that
     maximises sensitivity + specificity - 1 (ties: nearest 0.5).
     """
     labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=float)
@@ -104,11 +109,21 @@ def choose_threshold(
             f"youden: sensitivity + specificity - 1 maximised on the validation split ({positives} positives, "
             f"{negatives} negatives)",
         )
-    i = int(np.flatnonzero(fpr <= max_fpr + 1e-12).max())
+    budget, note = max_fpr, ""
+    if 0 < max_fpr and negatives * max_fpr < 1:
+        # the budget allows no false positive at all, which pins the threshold to the single highest
+        # negative: an outlier decides it. The smallest rate such a set can measure is one of them.
+        budget = 1 / negatives
+        note = (
+            f"; {negatives} negatives cannot resolve a rate of {max_fpr:g} (one of them is {budget:.3g}), so the "
+            f"threshold allows one of them: add validation negatives to resolve the budget"
+        )
+        log.warning("threshold: %s", note[2:])
+    i = int(np.flatnonzero(fpr <= budget + 1e-12).max())
     t = _between(thresholds, i)
     measured = float(((probs[labels == 0]) >= t).mean())
     return (
         t,
         f"max-fpr: the lowest threshold with a false-positive rate at most {max_fpr:g} on the {negatives} validation "
-        f"negatives (measured {measured:.4f}; sensitivity {float((probs[labels == 1] >= t).mean()):.4f})",
+        f"negatives (measured {measured:.4f}; sensitivity {float((probs[labels == 1] >= t).mean()):.4f}){note}",
     )

@@ -75,3 +75,34 @@ def history(rows: list[dict[str, Any]], best_epoch: int | None, path: Path) -> P
         ax.set(xlabel="epoch", title=title)
         ax.legend()
     return _save(fig, path)
+
+
+def cv_folds(result: dict[str, Any], path: Path) -> Path:
+    """Per data source, each fold's held-out ROC-AUC, AP, sensitivity and false alarms, with the means."""
+    plt = pyplot()
+    names = list(result["summary"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+    keys = (
+        ("roc_auc", "ROC-AUC"),
+        ("average_precision", "AP"),
+        ("sensitivity", "sensitivity"),
+        ("false_alarm_rate", "false alarms"),
+    )
+    for ax, name in zip(axes[0], names):
+        folds = [f for f in result["per_fold"] if name in f["sources"]]
+        width = 0.8 / max(1, len(folds))
+        for i, f in enumerate(folds):
+            r = f["sources"][name]
+            values = [r[k] if r[k] is not None else 0 for k, _ in keys]
+            label = f"fold {f['fold']}: {', '.join(r['groups'])}" if r["groups"] else f"fold {f['fold']}"
+            ax.bar(np.arange(len(keys)) + (i - (len(folds) - 1) / 2) * width, values, width, label=label)
+        for j, (k, _) in enumerate(keys):
+            s = result["summary"][name].get(k)
+            if s:
+                ax.hlines(s["mean"], j - 0.45, j + 0.45, colors="black", linestyles="dashed")
+        ax.axhline(result["max_fpr"], color="red", linewidth=0.8, label=f"false-alarm budget {result['max_fpr']:g}")
+        ax.set_xticks(np.arange(len(keys)), [t for _, t in keys])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{name}: held out by {result['group_column']} (dashes: mean)")
+        ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)

@@ -56,7 +56,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
 
 def _init_run(config: TrainConfig, out: Path) -> None:
     """Rank 0 only: check the run directory, fix the split on disk, then write the config."""
-    _check_new(out)
+    check_new(out)
     created = first_missing(out)
     ensure_writable_dir(out, "run directory")
     try:
@@ -75,6 +75,8 @@ def _init_run(config: TrainConfig, out: Path) -> None:
             config.seed,
             max(1, config.workers or 1),
             config.group_column,
+            config.cv,
+            config.cv_fold,
         )
         for split in data.SPLITS:
             if {s.label for s in folder.split(split)} != {0, 1}:
@@ -106,7 +108,7 @@ def _read_run_data(out: Path) -> data.LabelledFolder:
     return data.LabelledFolder(roots, names, data.read_manifest(out / "split.csv", names))
 
 
-def _check_new(out: Path) -> None:
+def check_new(out: Path) -> None:
     if (out / "model.pt").exists() or (out / LAST).exists() or (out / "split.csv").exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume {out}, or pass another --out")
 

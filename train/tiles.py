@@ -141,13 +141,58 @@ def _around(box: Box, side: float, edge: float, w: int, h: int, rng: random.Rand
     return _inside((x, y, side), w, h)
 
 
-def augment(tile: np.ndarray, seed: int) -> np.ndarray:
-    """Mirror, light and colour, as a camera sees them. No vertical flips: the road is below the sky."""
+def augment(tile: np.ndarray, seed: int, recipe: str = "basic") -> np.ndarray:
+    """Mirror, light and colour, as a camera sees them. No vertical flips: the road is below the sky.
+
+    "road" adds what another road and another camera bring: pavement of another colour, exposure
+    and gamma, white balance, focus and motion blur, sensor noise, JPEG artefacts and shadows.
+    """
     rng = np.random.default_rng(seed)
     if rng.random() < 0.5:
         tile = tile[:, ::-1]
+    if recipe == "road":
+        return _road(np.ascontiguousarray(tile), rng)
     x = tile.astype(np.float32)
     mean = x.mean()
     x = (x - mean) * rng.uniform(0.75, 1.25) + mean * rng.uniform(0.75, 1.25)
     x *= rng.uniform(0.92, 1.08, 3).astype(np.float32)
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
+def _road(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    import cv2
+
+    if rng.random() < 0.5:  # pavement colour: hue and saturation
+        hsv = cv2.cvtColor(tile, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + rng.integers(-6, 7)) % 180
+        hsv[..., 1] = cv2.convertScaleAbs(hsv[..., 1], alpha=rng.uniform(0.6, 1.3))
+        tile = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if rng.random() < 0.1:
+        tile = cv2.cvtColor(cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    # contrast, exposure, white balance and gamma are one map per channel: a lookup table
+    v, m = np.arange(256, dtype=np.float32)[:, None] / 255, float(tile.mean()) / 255
+    v = (v - m) * rng.uniform(0.7, 1.3) + m * rng.uniform(0.6, 1.4)
+    v = np.clip(v * rng.uniform(0.9, 1.1, 3).astype(np.float32), 0, 1) ** rng.uniform(0.7, 1.4)
+    tile = cv2.LUT(np.ascontiguousarray(tile), np.round(v * 255).astype(np.uint8)[None])
+    if rng.random() < 0.2:  # a shadow across the road: darken one side of a random line
+        h, w = tile.shape[:2]
+        angle, offset = rng.uniform(0, np.pi), rng.uniform(-0.3, 0.3) * w
+        yy, xx = np.ogrid[0:h, 0:w]
+        side = (xx - w / 2) * np.cos(angle) + (yy - h / 2) * np.sin(angle) > offset
+        tile = np.where(side[..., None], (tile * rng.uniform(0.45, 0.8)).astype(np.uint8), tile)
+    if rng.random() < 0.3:
+        if rng.random() < 0.5:
+            tile = cv2.GaussianBlur(tile, (0, 0), rng.uniform(0.4, 1.4))
+        else:  # motion along the road (vertical in the frame) or across it
+            k = int(rng.integers(3, 8))
+            kernel = np.zeros((k, k), np.float32)
+            kernel[:, k // 2] = 1 / k
+            tile = cv2.filter2D(tile, -1, kernel if rng.random() < 0.7 else kernel.T)
+    if rng.random() < 0.3:
+        noise = rng.normal(0, rng.uniform(2, 8), tile.shape).astype(np.float32)
+        tile = np.clip(tile + noise + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        ok, buf = cv2.imencode(".jpg", tile, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
+        if ok:
+            tile = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return np.ascontiguousarray(tile)

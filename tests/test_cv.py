@@ -1,0 +1,233 @@
+"""Cross-validation over whole groups (pt-train --cv), and pt-calibrate's threshold from unlabelled frames."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from pothole_edge import calibration, metadata
+from pothole_edge.errors import UsageError
+from pothole_edge.train import data
+from pothole_edge.train.config import TrainConfig
+from pothole_edge.train.cv import cross_validate
+from tests.conftest import TINY, crash_in_epoch, make_folder
+from tests.test_cli import assert_usage_error, run
+
+# six roads of unequal size, as a survey has: (frames, of which potholes)
+ROADS = {"A": (16, 6), "B": (12, 4), "C": (6, 3), "D": (6, 2), "E": (4, 2), "F": (4, 2)}
+
+
+def _roads_root(root):
+    """A survey root whose frames.csv has a road column (and a segment column that is not used)."""
+    potholes = sum(p for _, p in ROADS.values())
+    make_folder(root, per_class=max(potholes, sum(n - p for n, p in ROADS.values())), seed=5)
+    free = {"normal": sorted((root / "normal").iterdir()), "pothole": sorted((root / "pothole").iterdir())}
+    rows = [["file", "label", "segment", "road"]]
+    for road, (n, p) in ROADS.items():
+        for i in range(n):
+            label = "pothole" if i < p else "normal"
+            rows.append([f"{label}/{free[label].pop(0).name}", label, f"{road}-{i % 2}", road])
+    for rest in free.values():  # frames no road claims are left out of the set
+        for f in rest:
+            f.unlink()
+    with open(root / "frames.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return root
+
+
+def _fold(roots, k, folds=3, seed=0):
+    return data.load_for_training([str(r) for r in roots], None, 0.15, 0.15, seed, 1, "road", folds, k)
+
+
+def test_every_road_is_held_out_exactly_once_and_never_straddles_splits(tmp_path):
+    roads = _roads_root(tmp_path / "dash")
+    web = make_folder(tmp_path / "web", per_class=9)
+    held: dict[str, int] = {}
+    web_held: dict[str, int] = {}
+    for k in (1, 2, 3):
+        folder = _fold([web, roads], k)
+        by_road: dict[str, set[str]] = {}
+        for s in folder.samples:
+            if s.root == 1:
+                by_road.setdefault(s.group, set()).add(s.split)
+            elif s.split == "test":
+                web_held[s.path] = web_held.get(s.path, 0) + 1
+        assert all(len(v) == 1 for v in by_road.values()), by_road  # a road is wholly in one split
+        for road, (split,) in ((r, tuple(v)) for r, v in by_road.items()):
+            if split == "test":
+                held[road] = held.get(road, 0) + 1
+        for split in ("val", "test"):  # each split of the survey root holds both classes
+            assert {s.label for s in folder.split(split) if s.root == 1} == {0, 1}, (k, split)
+        assert _fold([web, roads], k).samples == folder.samples  # seeded: the same folds again
+    assert held == dict.fromkeys(ROADS, 1)
+    # a root without groups is dealt by label: every photo is tested exactly once, each fold with both classes
+    assert len(web_held) == 18 and set(web_held.values()) == {1}
+
+
+def test_folds_need_enough_groups_and_folders_to_split(tmp_path):
+    roads = _roads_root(tmp_path / "dash")
+    with pytest.raises(UsageError, match="--cv 7 needs at least 7 groups"):
+        _fold([roads], 1, folds=7)
+    presplit = tmp_path / "pre"
+    for split in ("train", "val", "test"):
+        make_folder(presplit / split, per_class=2)
+    with pytest.raises(UsageError, match="already split"):
+        _fold([presplit], 1)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cv", "1"], "--cv must be 0 (one split) or 2 to 100"),
+        (["--cv", "2", "--cv-fold", "3"], "--cv-fold must be from 1 to --cv (2)"),
+        (["--cv-fold", "1"], "--cv-fold must be from 1 to --cv (0)"),
+        (["--augment", "heavy"], "'heavy' is not one of 'basic', 'road'"),
+    ],
+)
+def test_bad_cv_flags_are_one_line(tmp_path, args, message):
+    out = tmp_path / "run"
+    assert_usage_error(run("pt-train", "--data", "demo", "--out", str(out), *args), message)
+    assert not out.exists()
+
+
+def test_cross_validation_reports_each_fold_and_resumes_after_a_crash(shared_folder, tmp_path, monkeypatch):
+    roads = _roads_root(tmp_path / "dash")
+    out = tmp_path / "cv"
+    config = TrainConfig(
+        data=(str(shared_folder), str(roads)), out=str(out), group_column="road", cv=2, **(TINY | {"epochs": 1})
+    )
+    from pothole_edge.train import cv
+
+    # a kill during the second fold's only epoch: the first fold stays finished and is not trained again
+    monkeypatch.setattr(cv, "train", _crash_on_fold(cv.train, 2, monkeypatch))
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(config)
+    first = (out / "fold-1" / "model.pt").stat().st_mtime_ns
+    assert not (out / "cv.json").exists() and not (out / "fold-2" / "model.pt").exists()
+    monkeypatch.undo()
+    result = cross_validate(None, resume=str(out))
+    assert (out / "fold-1" / "model.pt").stat().st_mtime_ns == first
+    assert json.loads((out / "cv.json").read_text()) == json.loads(json.dumps(result))
+    assert (out / "cv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["folds"] == 2 and result["group_column"] == "road"
+    held = [road for f in result["per_fold"] for road in f["sources"]["dash"]["groups"]]
+    assert sorted(held) == sorted(ROADS)  # every road held out once, by one fold
+    for f in result["per_fold"]:  # every figure traces back to the fold's own predictions
+        rows = list(csv.DictReader(open(out / f"fold-{f['fold']}" / "predictions.csv")))
+        mine = [r for r in rows if f"{roads}/" in r["path"]]
+        y = np.array([r["label"] == "pothole" for r in mine])
+        p = np.array([float(r["probability"]) for r in mine])
+        report = f["sources"]["dash"]
+        assert report["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+        assert report["false_alarm_rate"] == pytest.approx((p[~y] >= f["threshold"]).mean())
+        assert report["sensitivity"] == pytest.approx((p[y] >= f["threshold"]).mean())
+        assert f["threshold"] == json.loads((out / f"fold-{f['fold']}" / "metrics.json").read_text())["threshold"]
+    aucs = [f["sources"]["dash"]["roc_auc"] for f in result["per_fold"]]
+    summary = result["summary"]["dash"]["roc_auc"]
+    assert summary["mean"] == pytest.approx(np.mean(aucs)) and summary["min"] == pytest.approx(min(aucs))
+    # the small roads have too few frames to calibrate a 2% budget: said, not faked
+    calibrated = [c for f in result["per_fold"] for c in f["sources"]["dash"]["calibrated"].values()]
+    assert calibrated and all("cannot resolve" in c["skipped"] for c in calibrated)
+
+
+def _crash_on_fold(real_train, fold, monkeypatch):
+    def train(config, resume=None):
+        if config is not None and config.cv_fold == fold:
+            crash_in_epoch(monkeypatch, config, 1)
+            raise KeyboardInterrupt
+        return real_train(config, resume=resume)
+
+    return train
+
+
+def test_threshold_for_budget_flags_at_most_the_budget():
+    rng = np.random.default_rng(0)
+    scores = rng.beta(2, 8, 1000)
+    t, basis = calibration.threshold_for_budget(scores, 0.02)
+    assert (scores >= t).mean() == pytest.approx(0.02) and basis["flagged_share"] == pytest.approx(0.02)
+    assert (scores >= np.sort(scores)[-21]).mean() > 0.02  # the lowest such threshold
+    # a known pothole share lets that many more frames above it
+    t2, _ = calibration.threshold_for_budget(scores, 0.02, pothole_share=0.03)
+    assert t2 < t and (scores >= t2).mean() == pytest.approx(0.05)
+    # ties fall on one side together: never more than the budget
+    tied = np.r_[np.full(30, 0.9), rng.uniform(0, 0.5, 970)]
+    t3, _ = calibration.threshold_for_budget(tied, 0.02)
+    assert (tied >= t3).mean() <= 0.02
+    with pytest.raises(UsageError, match="30 frame.* cannot resolve a false-alarm rate of 0.02.*at least 50"):
+        calibration.threshold_for_budget(scores[:30], 0.02)
+
+
+def test_metadata_rewrite_keeps_the_graph_and_other_properties(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["image"], ["probabilities"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 2])],
+    )
+    model = helper.make_model(graph)
+    model.metadata_props.add(key="other", value="kept")
+    model.metadata_props.add(key=metadata.KEY, value='{"old": true}')
+    onnx.save(model, tmp_path / "a.onnx")
+    metadata.rewrite(tmp_path / "a.onnx", tmp_path / "b.onnx", {"threshold": 0.25})
+    new = onnx.load(tmp_path / "b.onnx")
+    onnx.checker.check_model(new, full_check=True)
+    assert new.graph == model.graph
+    assert {p.key: p.value for p in new.metadata_props} == {"other": "kept", metadata.KEY: '{"threshold":0.25}'}
+    assert metadata.read_props(tmp_path / "b.onnx")[metadata.KEY] == '{"threshold":0.25}'
+
+
+def test_pt_calibrate_sets_the_threshold_from_unlabelled_frames(trained_run, tmp_path):
+    from pothole_edge.export.calibrate import CalibrateConfig, calibrate
+    from pothole_edge.export.config import ExportConfig
+    from pothole_edge.export.run import export
+
+    export(ExportConfig(str(trained_run), out=str(tmp_path / "x"), speed_runs=3))
+    model = tmp_path / "x" / "model.onnx"
+    before = model.read_bytes()
+    frames = make_folder(tmp_path / "frames", per_class=30, seed=9)  # unlabelled: class folders mean nothing here
+    report = calibrate(CalibrateConfig(str(model), str(frames), max_fpr=0.1))
+    out = tmp_path / "x" / "model.calibrated.onnx"
+    assert model.read_bytes() == before  # the model it started from is untouched
+    meta = metadata.read(out)
+    assert meta["threshold"] == report["threshold"] and meta["threshold_method"].startswith("calibrated")
+    assert meta["calibration"]["frames"] == 60 and meta["calibration"]["max_fpr"] == 0.1
+    assert meta["calibration"]["threshold_before"] == metadata.read(model)["threshold"]
+    # the threshold flags the budget's share of the frames it saw, scored through the model's own view
+    from pothole_edge.export.calibrate import score_frames
+    from pothole_edge.session import Runner, open_session
+
+    scores, _ = score_frames(Runner(open_session(out)), meta, sorted(frames.rglob("*.jpg")))
+    assert (scores >= meta["threshold"]).mean() == pytest.approx(0.1)
+    assert (tmp_path / "x" / "model.calibrated.calibration.png").read_bytes()[:4] == b"\x89PNG"
+    # the copy runs as the original does: same graph, same scores
+    import onnx
+
+    assert onnx.load(out).graph == onnx.load(model).graph
+    # mistakes are one line and write nothing
+    bad = str(tmp_path / "bad.onnx")
+    for args, message in [
+        ([str(model), "--data", str(frames), "--max-fpr", "0.0001", "--out", bad], "cannot resolve"),
+        ([str(model), "--data", str(tmp_path / "none"), "--out", bad], "is not a folder"),
+        ([str(model), "--data", str(frames), "--out", str(model)], "is the model itself"),
+        ([str(trained_run / "model.pt"), "--data", str(frames), "--out", bad], "PyTorch checkpoint"),
+        ([str(model), "--data", str(frames), "--max-fpr", "2", "--out", bad], "--max-fpr must be a fraction"),
+    ]:
+        assert_usage_error(run("pt-calibrate", *args), message)
+        assert not (tmp_path / "bad.onnx").exists()
+    assert model.read_bytes() == before
+
+
+def test_calibrate_runs_without_torch(tmp_path):
+    code = "import sys; sys.modules['torch'] = None\nimport pothole_edge.export.calibrate, pothole_edge.calibration\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

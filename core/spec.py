@@ -4,7 +4,8 @@ It travels inside the checkpoint (`spec`) and the ONNX metadata, and every consu
 parity gate, edge-run, pt-bench) reads it through `validate`, which checks every field, so a model
 that lies about itself is refused before anything is written.
 
-    schema_version   2 (1 is read too: one centre tile, the view before tiles existed)
+    schema_version   3 (2 is read too, 1 as one centre tile: the view before tiles existed; 3 added
+                     the top2 pool, which a reader of 2 would misread)
     class_names      [negative, positive]
     positive_index   index of the positive class in class_names and in the model's output
     threshold        the decision threshold on the frame probability, in [0, 1]
@@ -12,7 +13,8 @@ that lies about itself is refused before anything is written.
     preprocess       crop (model input side), resize (tile side before the centre crop),
                      interpolation, mean, std (applied inside the ONNX graph)
     view             region (fractional x0, y0, x1, y1 of the frame), grids ([[cols, rows], ...]),
-                     overlap (between neighbouring tiles), pool (how tile scores make a frame's)
+                     overlap (between neighbouring tiles), pool (how tile scores make a frame's:
+                     max, or top2, the mean of the two hottest)
     arch             the network
 """
 
@@ -23,9 +25,9 @@ from typing import Any
 
 from pothole_edge.errors import UsageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INTERPOLATIONS = ("bilinear", "bicubic")
-POOLS = ("max",)
+POOLS = ("max", "top2")
 MAX_GRID = 16
 WHOLE_FRAME = (0.0, 0.0, 1.0, 1.0)
 
@@ -93,7 +95,7 @@ def _fail(source: str, what: str) -> SpecError:
 
 
 def _upgrade(spec: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 had no view: the model saw one centre crop of the whole frame."""
+    """Schema 1 had no view: the model saw one centre crop of the whole frame. Schema 2 knew max pooling alone."""
     spec = dict(spec)
     spec.setdefault("view", view())
     spec.setdefault("threshold_method", "unknown (schema 1)")

@@ -50,10 +50,16 @@ def tile_count(spec_view: dict[str, Any]) -> int:
 
 
 def pool(probs: np.ndarray, spec_view: dict[str, Any]) -> tuple[float, int]:
-    """A frame's probability from its tiles' and the index of the tile that decided it."""
-    if spec_view["pool"] == "max":
-        i = int(np.argmax(probs))
+    """A frame's probability from its tiles' and the index of its hottest tile, the one reported.
+
+    max: the hottest tile alone. top2: the mean of the two hottest, so one tile on cracks cannot
+    decide a frame alone; a pothole is seen by a small tile and the wide one, or two overlapping.
+    """
+    i = int(np.argmax(probs))
+    if spec_view["pool"] == "max" or len(probs) == 1:
         return float(probs[i]), i
+    if spec_view["pool"] == "top2":
+        return float(np.partition(probs, len(probs) - 2)[-2:].mean()), i
     raise ValueError(f"unknown pool {spec_view['pool']!r}")
 
 

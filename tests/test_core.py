@@ -65,6 +65,13 @@ def test_grid_tiles_cover_the_region_at_one_scale():
     assert xs[1] - xs[0] <= fps[0][3] * (1 - 0.25) + 1
 
 
+def test_pooling_max_or_the_mean_of_the_two_hottest_tiles():
+    probs = np.array([0.2, 0.9, 0.5, 0.7])
+    assert views.pool(probs, {"pool": "max"}) == (0.9, 1)
+    assert views.pool(probs, {"pool": "top2"}) == (pytest.approx(0.8), 1)  # the reported tile is the hottest
+    assert views.pool(np.array([0.4]), {"pool": "top2"}) == (0.4, 0)
+
+
 def test_a_region_moves_every_tile_inside_it():
     image = np.zeros((400, 600, 3), np.uint8)
     image[300:, 450:] = 255  # a bright corner

@@ -81,6 +81,20 @@ def test_folds_need_enough_groups_and_folders_to_split(tmp_path):
         _fold([presplit], 1)
 
 
+def test_a_fold_that_cannot_train_is_refused_before_anything_is_written(tmp_path):
+    root = make_folder(tmp_path / "dash", per_class=8)
+    rows = ["file,label,road"]  # road A holds every pothole: the fold holding it out trains without any
+    rows += [f"pothole/{i:03d}.jpg,pothole,A" for i in range(8)] + [
+        f"normal/{i:03d}.jpg,normal,{'AB'[i % 2]}" for i in range(8)
+    ]
+    (root / "frames.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cv"
+    config = TrainConfig(data=(str(root),), out=str(out), group_column="road", cv=2, **TINY)
+    with pytest.raises(UsageError, match=r"fold \d of 2: \w+ lacks one"):
+        cross_validate(config)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -132,8 +146,39 @@ def test_cross_validation_reports_each_fold_and_resumes_after_a_crash(shared_fol
     summary = result["summary"]["dash"]["roc_auc"]
     assert summary["mean"] == pytest.approx(np.mean(aucs)) and summary["min"] == pytest.approx(min(aucs))
     # the small roads have too few frames to calibrate a 2% budget: said, not faked
-    calibrated = [c for f in result["per_fold"] for c in f["sources"]["dash"]["calibrated"].values()]
-    assert calibrated and all("cannot resolve" in c["skipped"] for c in calibrated)
+    replays = [c for f in result["per_fold"] for c in f["sources"]["dash"]["calibration_replay"].values()]
+    assert replays and all("cannot resolve" in c["skipped"] for c in replays)
+
+
+def test_calibration_replay_calibrates_on_the_first_half_and_measures_on_the_second():
+    from pothole_edge.train.cv import _calibrated
+
+    rng = np.random.default_rng(3)
+    # a drive whose second half scores higher: a threshold set on the first half meets that shift
+    frames = [
+        {
+            "group": "R",
+            "name": f"{i:04d}.jpg",
+            "label": int(i % 10 == 0),
+            "prob": float(rng.beta(2, 9) + (i >= 200) * 0.05),
+        }
+        for i in range(400)
+    ]
+    for f in frames:
+        if f["label"]:
+            f["prob"] = float(rng.uniform(0.5, 1))
+    replay = _calibrated(frames, val_threshold=0.9, budget=0.02, seed=0)
+    first_normals = sorted(f["prob"] for f in frames[:200] if not f["label"])
+    assert replay["calibration_potholes"] == round(0.03 / 0.97 * len(first_normals))
+    assert replay["calibration_frames"] == len(first_normals) + replay["calibration_potholes"]
+    second = frames[200:]
+    neg = np.array([f["prob"] for f in second if not f["label"]])
+    for how in ("val_threshold", "calibrated", "calibrated_known_share"):
+        assert replay[how]["false_alarm_rate"] == pytest.approx((neg >= replay[how]["threshold"]).mean())
+    assert replay["val_threshold"]["threshold"] == 0.9
+    # the known pothole share lets more frames through: a lower threshold
+    assert replay["calibrated_known_share"]["threshold"] < replay["calibrated"]["threshold"]
+    assert replay["measured_negatives"] == neg.size
 
 
 def _crash_on_fold(real_train, fold, monkeypatch):

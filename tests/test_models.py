@@ -90,3 +90,40 @@ def test_preprocess_comes_from_the_weights_own_config():
     small = models.resolve_preprocess("efficientnet_lite0", 64)
     assert (small["crop"], small["resize"]) == (64, 73)
     assert all(type(v) in (int, float, str, bool, list) for v in spec.values())
+
+
+def test_freeze_keeps_the_first_stages_pretrained_through_a_training_step():
+    model = models.build_model("efficientnet_lite0", "none")
+    left = models.freeze(model, "efficientnet_lite0", 3)  # the stem and the first two blocks
+    frozen = [model.conv_stem, model.bn1, model.blocks[0], model.blocks[1]]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert left == sum(p.numel() for p in model.parameters() if p.requires_grad) < sum(
+        p.numel() for p in model.parameters()
+    )
+    model.train()  # the training loop's call must not wake the frozen batch norms
+    assert not any(m.training for stage in frozen for m in stage.modules())
+    assert model.blocks[2].training
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-2)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 0, 1])).backward()
+    optimizer.step()
+    after = model.state_dict()
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        top = name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("blocks.") else "")
+        if top in ("conv_stem", "bn1", "blocks.0", "blocks.1"):
+            assert same, f"{name} changed although frozen"
+    assert not torch.equal(before["blocks.2.0.conv_pw.weight"], after["blocks.2.0.conv_pw.weight"])
+    with pytest.raises(UsageError, match="--freeze must be from 0 to 9 for efficientnet_lite0"):
+        models.freeze(model, "efficientnet_lite0", 10)
+
+
+def test_road_augmentation_is_seeded_and_keeps_the_tile_shape():
+    import numpy as np
+
+    from pothole_edge.train.tiles import augment
+
+    tile = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    a, b = augment(tile, 7, "road"), augment(tile, 7, "road")
+    assert np.array_equal(a, b) and a.shape == tile.shape and a.dtype == np.uint8
+    outs = [augment(tile, s, "road") for s in range(20)]
+    assert len({o.tobytes() for o in outs}) == 20 and not np.array_equal(augment(tile, 7, "basic"), a)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pothole_edge.cli import default, given, main_click, run
+from pothole_edge.spec import POOLS
 from pothole_edge.train.config import (
     ARCH_CHOICES,
     AUGMENTS,
@@ -44,9 +45,19 @@ def _d(config: type, name: str) -> str:
 @click.option("--overlap", type=float, help="Least overlap between neighbouring tiles." + _d(T, "overlap"))
 @click.option("--region", help="The part of the frame the model looks at: x0,y0,x1,y1 fractions." + _d(T, "region"))
 @click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    help="A frame's probability from its tiles': max, or top2, the mean of the two hottest." + _d(T, "pool"),
+)
+@click.option(
     "--labels",
     type=click.Choice(LABELS),
     help="Tile labels from boxes.csv where a root has one (else MIL), or MIL everywhere." + _d(T, "labels"),
+)
+@click.option(
+    "--freeze",
+    type=int,
+    help="Leading stages of the pretrained network kept as they are (stem, then each block).  [default: 0, none]",
 )
 @click.option(
     "--augment",
@@ -65,6 +76,12 @@ def _d(config: type, name: str) -> str:
 )
 @click.option(
     "--lr-patience", type=int, help="Epochs without gain before the learning rate drops 0.3x." + _d(T, "lr_patience")
+)
+@click.option(
+    "--label-smoothing",
+    type=float,
+    help="Share of each tile label spread over both classes, for labels that are sometimes wrong."
+    + _d(T, "label_smoothing"),
 )
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help=_d(T, "class_weight").strip())
 @click.option(

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pothole_edge.errors import UsageError
+from pothole_edge.spec import POOLS
 
 C = TypeVar("C")
-ARCH_CHOICES = ("resnet50", "efficientnet_lite0")
+ARCH_CHOICES = ("resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LABELS = ("boxes", "mil")
 THRESHOLD_RULES = ("max-fpr", "youden")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -33,6 +34,8 @@ class TrainConfig:
     grids: str = "1x1+3x2"
     overlap: float = 0.25
     region: str = "0,0,1,1"
+    pool: str = "max"  # a frame's probability from its tiles': max, or top2 (the mean of the two hottest)
+    freeze: int = 0  # leading stages of the pretrained network kept as they are (train.models.STAGES)
     augment: str = "basic"  # tile augmentation: basic or road (train.tiles.augment)
     labels: str = "boxes"  # tile labels from boxes.csv where a root has one, else MIL; "mil": MIL everywhere
     group_column: str = "segment"  # frames.csv column whose frames must share a split
@@ -44,6 +47,7 @@ class TrainConfig:
     min_delta: float = 1e-4
     lr_patience: int = 2
     class_weight: str = "none"
+    label_smoothing: float = 0.0  # some crack-only frames show damage that looks like a pothole
     threshold_rule: str = "max-fpr"
     max_fpr: float = 0.02  # on the validation negatives, for --threshold-rule max-fpr
     val_fraction: float = 0.15
@@ -68,11 +72,12 @@ class TrainConfig:
         _choice("arch", self.arch, ARCH_CHOICES, optional=True)
         _choice("labels", self.labels, LABELS)
         _choice("augment", self.augment, AUGMENTS)
+        _choice("pool", self.pool, POOLS)
         _choice("class-weight", self.class_weight, CLASS_WEIGHTS)
         _choice("threshold-rule", self.threshold_rule, THRESHOLD_RULES)
         for name in ("epochs", "batch_size", "patience", "demo_per_class"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("lr_patience", "hard_negatives", "seed", "cv", "cv_fold"):
+        for name in ("lr_patience", "hard_negatives", "seed", "cv", "cv_fold", "freeze"):
             _at_least(name, getattr(self, name), 0)
         if self.cv == 1 or self.cv > 100:
             raise UsageError(f"--cv must be 0 (one split) or 2 to 100 folds, got {self.cv}")
@@ -86,6 +91,8 @@ class TrainConfig:
             raise UsageError(f"--lr must be a number in (0, 1), got {self.lr}")
         if not (_finite(self.weight_decay) and 0 <= self.weight_decay < 1):
             raise UsageError(f"--weight-decay must be in [0, 1), got {self.weight_decay}")
+        if not (_finite(self.label_smoothing) and 0 <= self.label_smoothing < 0.5):
+            raise UsageError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if not (_finite(self.min_delta) and self.min_delta >= 0):
             raise UsageError(f"--min-delta must be 0 or more, got {self.min_delta}")
         if not (_finite(self.max_fpr) and 0 <= self.max_fpr < 1):

@@ -29,7 +29,7 @@ from pothole_edge.fileio import ensure_writable_dir, write_json
 from pothole_edge.train import data, plots
 from pothole_edge.train.config import TrainConfig, load_json, to_dict
 from pothole_edge.train.metrics import binary_metrics, roc_curve
-from pothole_edge.train.run import DEMO, check_new, resolve, train
+from pothole_edge.train.run import DEMO, check_new, resolve, split, train
 
 log = logging.getLogger("pt-train")
 CALIBRATION_MIX = 0.03  # the pothole share of the unlabelled calibration frames in the replay
@@ -58,6 +58,9 @@ def _start(config: TrainConfig) -> tuple[TrainConfig, Path]:
     check_new(out)
     if (out / "config.json").exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume {out}, or pass another --out")
+    if config.data != (DEMO,):  # every fold must be able to train before the first one starts
+        for k in range(1, config.cv + 1):
+            split(replace(config, cv_fold=k), list(config.data))
     ensure_writable_dir(out, "run directory")
     if config.data == (DEMO,):
         from pothole_edge.train.demo import make_dataset
@@ -131,8 +134,18 @@ def _rate_at_budget(labels: np.ndarray, probs: np.ndarray, budget: float) -> flo
     return float(tpr[fpr <= budget + 1e-12].max())
 
 
-def _calibrated(frames: list[dict[str, Any]], budget: float, seed: int) -> dict[str, Any]:
-    """pt-calibrate replayed on one held-out group: the first half calibrates, the second half measures."""
+def _at(threshold: float, labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    neg, pos = probs[labels == 0], probs[labels == 1]
+    return {
+        "threshold": threshold,
+        "false_alarm_rate": float((neg >= threshold).mean()) if neg.size else None,
+        "sensitivity": float((pos >= threshold).mean()) if pos.size else None,
+    }
+
+
+def _calibrated(frames: list[dict[str, Any]], val_threshold: float, budget: float, seed: int) -> dict[str, Any]:
+    """pt-calibrate replayed on one held-out group: the first half calibrates, the second half measures
+    the validation threshold and the calibrated ones, with the pothole share unknown (0) and known."""
     ordered = sorted(frames, key=lambda r: r["name"])
     first, second = ordered[: len(ordered) // 2], ordered[len(ordered) // 2 :]
     normals = [r["prob"] for r in first if r["label"] == 0]
@@ -142,19 +155,18 @@ def _calibrated(frames: list[dict[str, Any]], budget: float, seed: int) -> dict[
     scores = np.array(normals + mixed)
     out: dict[str, Any] = {"calibration_frames": len(scores), "calibration_potholes": len(mixed)}
     try:
-        threshold, _ = calibration.threshold_for_budget(scores, budget)
+        unknown, _ = calibration.threshold_for_budget(scores, budget)
+        known, _ = calibration.threshold_for_budget(scores, budget, len(mixed) / len(scores))
     except UsageError as e:
         return out | {"skipped": str(e)}
     labels = np.array([r["label"] for r in second])
     probs = np.array([r["prob"] for r in second])
-    neg, pos = probs[labels == 0], probs[labels == 1]
     return out | {
-        "threshold": threshold,
-        "measured_negatives": int(neg.size),
-        "measured_positives": int(pos.size),
-        "false_alarm_rate": float((neg >= threshold).mean()) if neg.size else None,
-        "sensitivity": float((pos >= threshold).mean()) if pos.size else None,
-        "val_threshold_false_alarm_rate": None,  # filled by the caller, on the same frames
+        "measured_negatives": int((labels == 0).sum()),
+        "measured_positives": int(labels.sum()),
+        "val_threshold": _at(val_threshold, labels, probs),
+        "calibrated": _at(unknown, labels, probs),
+        "calibrated_known_share": _at(known, labels, probs),
     }
 
 
@@ -174,17 +186,12 @@ def _source_report(frames: list[dict[str, Any]], threshold: float, config: Train
         "false_alarm_rate": m["false_positive_rate"],
         "sensitivity_at_budget": _rate_at_budget(labels, probs, config.max_fpr),
     }
-    by_group = {}
-    for g in report["groups"]:
-        mine = [r for r in frames if r["group"] == g]
-        cal = _calibrated(mine, config.max_fpr, config.seed)
-        if "threshold" in cal:
-            second = sorted(mine, key=lambda r: r["name"])[len(mine) // 2 :]
-            neg = np.array([r["prob"] for r in second if r["label"] == 0])
-            cal["val_threshold_false_alarm_rate"] = float((neg >= threshold).mean()) if neg.size else None
-        by_group[g] = cal
-    if by_group:
-        report["calibrated"] = by_group
+    groups = {
+        g: _calibrated([r for r in frames if r["group"] == g], threshold, config.max_fpr, config.seed)
+        for g in report["groups"]
+    }
+    if groups:
+        report["calibration_replay"] = groups
     return report
 
 
@@ -201,6 +208,7 @@ def _spread(values: list[float | None]) -> dict[str, float] | None:
     }
 
 
+REPLAYED = ("val_threshold", "calibrated", "calibrated_known_share")  # thresholds the replay measures
 SUMMARISED = ("roc_auc", "average_precision", "accuracy", "sensitivity", "false_alarm_rate", "sensitivity_at_budget")
 
 
@@ -230,11 +238,10 @@ def summarize(out: Path, config: TrainConfig, seconds: float) -> dict[str, Any]:
     for name in pooled:
         rows = [f["sources"][name] for f in folds if name in f["sources"]]
         summary[name] = {key: _spread([r[key] for r in rows]) for key in SUMMARISED}
-        cal = [c for r in rows for c in r.get("calibrated", {}).values() if "threshold" in c]
-        summary[name]["calibrated_false_alarm_rate"] = _spread([c["false_alarm_rate"] for c in cal])
-        summary[name]["val_threshold_false_alarm_rate_same_frames"] = _spread(
-            [c["val_threshold_false_alarm_rate"] for c in cal]
-        )
+        replays = [c for r in rows for c in r.get("calibration_replay", {}).values() if "calibrated" in c]
+        for how in REPLAYED:
+            for key in ("false_alarm_rate", "sensitivity"):
+                summary[name][f"{how}_{key}"] = _spread([c[how][key] for c in replays])
         labels = np.array([r["label"] for r in pooled[name]])
         probs = np.array([r["prob"] for r in pooled[name]])
         m = binary_metrics(labels, probs, 0.5, ("normal", "pothole"))
@@ -262,7 +269,7 @@ def table(result: dict[str, Any]) -> str:
     lines = []
     for name, s in result["summary"].items():
         lines.append(f"{name}: {result['folds']} folds held out by {result['group_column']}")
-        for key in (*SUMMARISED, "calibrated_false_alarm_rate"):
+        for key in (*SUMMARISED, *(f"{how}_false_alarm_rate" for how in REPLAYED)):
             v = s.get(key)
             if v:
                 lines.append(

@@ -137,14 +137,27 @@ def _list_files(folder: Path) -> list[Path]:
     return files
 
 
+_checked: dict[tuple[str, int, int], tuple[str | None, str]] = {}  # a cross-validation scans its roots per fold
+
+
 def _check(path: Path) -> tuple[str | None, str]:
     """Return (sha256, "") for a readable image, or (None, reason)."""
     try:
+        st = os.stat(path)
+        key = (str(path), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key in _checked:
+        return _checked[key]
+    try:
         data = read_file(path)
         decode(data)
+        result: tuple[str | None, str] = (hashlib.sha256(data).hexdigest(), "")
     except ImageDecodeError as e:
-        return None, str(e)
-    return hashlib.sha256(data).hexdigest(), ""
+        result = (None, str(e))
+    if key is not None:
+        _checked[key] = result
+    return result
 
 
 def scan(

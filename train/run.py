@@ -15,7 +15,7 @@ from pothole_edge.fileio import ensure_writable_dir, first_missing, next_free, w
 from pothole_edge.train import data
 from pothole_edge.train.checkpoint import LAST
 from pothole_edge.train.config import TrainConfig, load_json, to_dict
-from pothole_edge.train.models import WEIGHT_CHOICES, check_arch, resolve_preprocess
+from pothole_edge.train.models import WEIGHT_CHOICES, check_arch, default_freeze, resolve_preprocess
 
 log = logging.getLogger("pt-train")
 
@@ -51,6 +51,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         config = replace(config, workers=default_workers())
     if config.img_size is None:
         config = replace(config, img_size=resolve_preprocess(config.arch)["crop"])
+    if config.freeze is None:
+        config = replace(config, freeze=default_freeze(config.arch, config.weights))
     return replace(config, out=config.out or str(next_free(DEFAULT_OUT)), data=tuple(config.data))
 
 

@@ -6,6 +6,10 @@ seen again; otherwise it is a new one. A pothole's place is the median of its si
 cannot drag away. Every run whose track passes a pothole is a pass, detected or not; a pothole missed on its
 last `repaired_after` passes is marked possibly repaired. Adding a run twice changes nothing: runs are keyed on
 their content.
+
+Potholes are indexed by a grid cell of 0.001 degrees (about 111 m of latitude), so a drive loads only the
+potholes in the cells around its track and its sightings, whatever the registry holds. On PostgreSQL a drive
+takes a transaction lock on each of those cells, in one order, so two importers never both create one pothole.
 """
 
 from __future__ import annotations
@@ -13,20 +17,55 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pothole_edge.edge.gps import distance_m
+from pothole_edge.edge.gps import EARTH_RADIUS_M, distance_m
 from pothole_edge.errors import UsageError
 
 log = logging.getLogger("edge")
 M_PER_DEG = 111_195.0
+CELL_DEG = 0.001
+_ROW = 400_000  # cells per row of the key: more than 360 / CELL_DEG
+_CHUNK = 500  # keys per IN (...) query: under every database's bound-parameter limit
+
+
+def cell_of(lat: float, lon: float) -> tuple[int, int]:
+    return math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG)
+
+
+def cell_key(i: int, j: int) -> int:
+    """One integer per cell; longitude wraps, so the cells either side of 180 degrees are neighbours."""
+    cols = round(360 / CELL_DEG)
+    return (i + round(90 / CELL_DEG)) * _ROW + (j + cols // 2) % cols
+
+
+def near_cells(i: int, j: int, radius_m: float) -> set[int]:
+    """The keys of every cell that can hold a point within `radius_m` of any point in cell (i, j)."""
+    di = math.ceil(radius_m / (M_PER_DEG * CELL_DEG))
+    # a degree of longitude is shortest at the band's edge nearer the pole; beyond 89.9 degrees no road runs
+    edge = min(89.9, max(abs(i), abs(i + 1)) * CELL_DEG + di * CELL_DEG)
+    dj = math.ceil(radius_m / (M_PER_DEG * CELL_DEG * math.cos(math.radians(edge))))
+    return {cell_key(a, b) for a in range(i - di, i + di + 1) for b in range(j - dj, j + dj + 1)}
 
 
 def tables(metadata: Any) -> dict[str, Any]:
-    from sqlalchemy import Boolean, Column, Float, ForeignKey, Integer, String, Table, Text, UniqueConstraint
+    from sqlalchemy import (
+        BigInteger,
+        Boolean,
+        Column,
+        Float,
+        ForeignKey,
+        Index,
+        Integer,
+        String,
+        Table,
+        Text,
+        UniqueConstraint,
+    )
 
     return {
         "runs": Table(
@@ -52,6 +91,8 @@ def tables(metadata: Any) -> dict[str, Any]:
             Column("max_prob", Float, nullable=False),
             Column("best_snapshot", Text),
             Column("possibly_repaired", Boolean, nullable=False, default=False),
+            Column("cell", BigInteger),  # cell_key of (lat, lon)
+            Index("potholes_cell", "cell"),
         ),
         "sightings": Table(
             "sightings",
@@ -65,6 +106,7 @@ def tables(metadata: Any) -> dict[str, Any]:
             Column("lon", Float, nullable=False),
             Column("prob", Float, nullable=False),
             Column("snapshot", Text),
+            Index("sightings_pothole", "pothole_id"),
         ),
         "passes": Table(
             "passes",
@@ -75,6 +117,7 @@ def tables(metadata: Any) -> dict[str, Any]:
             Column("time", Float, nullable=False),
             Column("detected", Boolean, nullable=False),
             UniqueConstraint("run_id", "pothole_id"),
+            Index("passes_pothole", "pothole_id", "time"),
         ),
     }
 
@@ -190,72 +233,146 @@ class Registry:
         self.meta = MetaData()
         self.t = tables(self.meta)
         self.meta.create_all(engine)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """A registry written before the cell index gets the column, its values and every index."""
+        from sqlalchemy import inspect, select, text
+
+        potholes = self.t["potholes"]
+        with self.engine.begin() as db:
+            if "cell" not in {c["name"] for c in inspect(db).get_columns("potholes")}:
+                db.execute(text("ALTER TABLE potholes ADD COLUMN cell BIGINT"))
+            for r in db.execute(select(potholes.c.id, potholes.c.lat, potholes.c.lon).where(potholes.c.cell.is_(None))):
+                db.execute(potholes.update().where(potholes.c.id == r.id).values(cell=cell_key(*cell_of(r.lat, r.lon))))
+            for table in self.t.values():
+                for index in table.indexes:
+                    index.create(db, checkfirst=True)
 
     def add(self, run: Run) -> bool:
         """Merge one run; False when it was already there. One transaction: a failure adds nothing."""
         from sqlalchemy import select
+        from sqlalchemy.exc import IntegrityError
 
-        runs, potholes, sightings, passes = (self.t[n] for n in ("runs", "potholes", "sightings", "passes"))
-        with self.engine.begin() as db:
-            if db.execute(select(runs.c.id).where(runs.c.key == run.key)).first():
-                return False
-            first = run.track[0][0] if run.track else (run.sightings[0].time if run.sightings else None)
-            run_id = db.execute(
-                runs.insert().values(
-                    key=run.key,
-                    run_dir=str(run.run_dir),
-                    started_at=run.started_at,
-                    first_time=first,
-                    distance_m=run.distance_m,
-                    track=json.dumps([[round(a, 7), round(b, 7)] for _, a, b in run.track]),
-                )
-            ).inserted_primary_key[0]
-            known = [dict(r._mapping) for r in db.execute(select(potholes))]
-            touched = set()
-            for s in sorted(run.sightings, key=lambda s: s.time):
-                near = min(known, key=lambda p: distance_m(p["lat"], p["lon"], s.lat, s.lon), default=None)
-                if near is None or distance_m(near["lat"], near["lon"], s.lat, s.lon) > self.radius_m:
-                    row = {
-                        "lat": s.lat,
-                        "lon": s.lon,
-                        "sightings": 0,
-                        "first_seen": s.time,
-                        "last_seen": s.time,
-                        "max_prob": s.prob,
-                        "best_snapshot": s.snapshot,
-                        "possibly_repaired": False,
-                    }
-                    row["id"] = db.execute(potholes.insert().values(**row)).inserted_primary_key[0]
-                    known.append(row)
-                    near = row
-                db.execute(
-                    sightings.insert().values(
-                        run_id=run_id,
-                        pothole_id=near["id"],
-                        event_id=s.event_id,
-                        time=s.time,
-                        lat=s.lat,
-                        lon=s.lon,
-                        prob=s.prob,
-                        snapshot=s.snapshot,
+        runs = self.t["runs"]
+        try:
+            with self.engine.begin() as db:
+                if db.execute(select(runs.c.id).where(runs.c.key == run.key)).first():
+                    return False
+                first = run.track[0][0] if run.track else (run.sightings[0].time if run.sightings else None)
+                run_id = db.execute(
+                    runs.insert().values(
+                        key=run.key,
+                        run_dir=str(run.run_dir),
+                        started_at=run.started_at,
+                        first_time=first,
+                        distance_m=run.distance_m,
+                        track=json.dumps([[round(a, 7), round(b, 7)] for _, a, b in run.track]),
                     )
-                )
-                touched.add(near["id"])
-                self._refresh(db, near, s)
-            self._record_passes(db, run_id, run, known, touched)
+                ).inserted_primary_key[0]
+                self._merge(db, run_id, run)
+        except IntegrityError:
+            # another importer added this run between our check and our insert: its key is unique
+            log.info("%s was added by another importer meanwhile", run.run_dir)
+            return False
         return True
 
-    def _refresh(self, db: Any, pothole: dict[str, Any], s: Sighting) -> None:
+    def _merge(self, db: Any, run_id: int, run: Run) -> None:
+        track_cells: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+        for point in run.track:
+            track_cells.setdefault(cell_of(point[1], point[2]), []).append(point)
+        around = {c: near_cells(*c, self.radius_m) for c in {cell_of(s.lat, s.lon) for s in run.sightings}}
+        around.update((c, near_cells(*c, self.radius_m)) for c in track_cells if c not in around)
+        keys = sorted(set().union(*around.values())) if around else []
+        self._lock(db, keys)
+        index = _CellIndex(self._load(db, keys))
+        touched = set()
+        for s in sorted(run.sightings, key=lambda s: s.time):
+            c = cell_of(s.lat, s.lon)
+            near = min(
+                index.near(near_cells(*c, self.radius_m)),
+                key=lambda p: distance_m(p["lat"], p["lon"], s.lat, s.lon),
+                default=None,
+            )
+            if near is None or distance_m(near["lat"], near["lon"], s.lat, s.lon) > self.radius_m:
+                near = self._new(db, s)
+                index.put(near)
+            self._sighting(db, run_id, near["id"], s)
+            touched.add(near["id"])
+            index.move(near, self._refresh(db, near, s))
+        self._record_passes(db, run_id, index, track_cells, touched)
+
+    def _lock(self, db: Any, keys: list[int]) -> None:
+        """PostgreSQL: hold every cell this drive reads or writes until commit, taken in key order so two
+        importers cannot deadlock. SQLite writes one transaction at a time anyway."""
+        if keys and db.dialect.name == "postgresql":
+            from sqlalchemy import text
+
+            db.execute(
+                text(
+                    "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k "
+                    "ORDER BY 1) AS cells"
+                ),
+                {"keys": keys},
+            )
+
+    def _load(self, db: Any, keys: list[int]) -> list[dict[str, Any]]:
+        from sqlalchemy import select
+
+        potholes = self.t["potholes"]
+        rows = []
+        for n in range(0, len(keys), _CHUNK):
+            chunk = keys[n : n + _CHUNK]
+            rows += [dict(r._mapping) for r in db.execute(select(potholes).where(potholes.c.cell.in_(chunk)))]
+        return rows
+
+    def _new(self, db: Any, s: Sighting) -> dict[str, Any]:
+        row = {
+            "lat": s.lat,
+            "lon": s.lon,
+            "sightings": 0,
+            "first_seen": s.time,
+            "last_seen": s.time,
+            "max_prob": s.prob,
+            "best_snapshot": s.snapshot,
+            "possibly_repaired": False,
+            "cell": cell_key(*cell_of(s.lat, s.lon)),
+        }
+        row["id"] = db.execute(self.t["potholes"].insert().values(**row)).inserted_primary_key[0]
+        return row
+
+    def _sighting(self, db: Any, run_id: int, pothole_id: int, s: Sighting) -> None:
+        db.execute(
+            self.t["sightings"]
+            .insert()
+            .values(
+                run_id=run_id,
+                pothole_id=pothole_id,
+                event_id=s.event_id,
+                time=s.time,
+                lat=s.lat,
+                lon=s.lon,
+                prob=s.prob,
+                snapshot=s.snapshot,
+            )
+        )
+
+    def _refresh(self, db: Any, pothole: dict[str, Any], s: Sighting) -> int:
+        """Move the pothole to its sightings' median; returns the cell it was in before."""
         from sqlalchemy import select
 
         sightings, potholes = self.t["sightings"], self.t["potholes"]
         rows = db.execute(select(sightings.c.lat, sightings.c.lon).where(sightings.c.pothole_id == pothole["id"])).all()
-        pothole["lat"] = statistics.median(r.lat for r in rows)
-        pothole["lon"] = statistics.median(r.lon for r in rows)
+        was = pothole["cell"]
+        lat = statistics.median(r.lat for r in rows)
+        # longitudes as offsets from the first sighting's, so sightings either side of 180 degrees stay together
+        offset = statistics.median((r.lon - rows[0].lon + 180) % 360 - 180 for r in rows)
+        lon = (rows[0].lon + offset + 180) % 360 - 180
         better = s.prob > pothole["max_prob"] or pothole["best_snapshot"] is None
         values = {
-            "lat": pothole["lat"],
-            "lon": pothole["lon"],
+            "lat": lat,
+            "lon": lon,
+            "cell": cell_key(*cell_of(lat, lon)),
             "sightings": len(rows),
             "first_seen": min(pothole["first_seen"], s.time),
             "last_seen": max(pothole["last_seen"], s.time),
@@ -265,17 +382,29 @@ class Registry:
             values["best_snapshot"] = s.snapshot
         pothole.update(values)
         db.execute(potholes.update().where(potholes.c.id == pothole["id"]).values(**values))
+        return was
 
-    def _record_passes(self, db: Any, run_id: int, run: Run, known: list[dict[str, Any]], detected: set[int]) -> None:
+    def _record_passes(
+        self,
+        db: Any,
+        run_id: int,
+        index: _CellIndex,
+        track_cells: dict[tuple[int, int], list[tuple[float, float, float]]],
+        detected: set[int],
+    ) -> None:
         """A pass is a run whose positioned frames came within the radius of a pothole, seen there or not."""
+        import numpy as np
         from sqlalchemy import select
 
         passes, potholes = self.t["passes"], self.t["potholes"]
-        for p in known:
-            close = [t for t, lat, lon in run.track if distance_m(lat, lon, p["lat"], p["lon"]) <= self.radius_m]
-            if not close and p["id"] not in detected:
+        by_key = {cell_key(*c): np.array(points, dtype=np.float64) for c, points in track_cells.items()}
+        for p in index.all():
+            near = [by_key[k] for k in near_cells(*cell_of(p["lat"], p["lon"]), self.radius_m) if k in by_key]
+            points = np.concatenate(near) if near else np.empty((0, 3))
+            close = points[_metres(points[:, 1], points[:, 2], p["lat"], p["lon"]) <= self.radius_m, 0]
+            if not close.size and p["id"] not in detected:
                 continue
-            when = close[0] if close else p["last_seen"]
+            when = float(close.min()) if close.size else p["last_seen"]
             db.execute(
                 passes.insert().values(run_id=run_id, pothole_id=p["id"], time=when, detected=p["id"] in detected)
             )
@@ -286,7 +415,9 @@ class Registry:
                 .limit(self.repaired_after)
             ).all()
             repaired = len(history) == self.repaired_after and not any(h.detected for h in history)
-            db.execute(potholes.update().where(potholes.c.id == p["id"]).values(possibly_repaired=repaired))
+            if repaired != p["possibly_repaired"]:
+                db.execute(potholes.update().where(potholes.c.id == p["id"]).values(possibly_repaired=repaired))
+                p["possibly_repaired"] = repaired
 
     def potholes(self) -> list[dict[str, Any]]:
         from sqlalchemy import select
@@ -312,3 +443,35 @@ class Registry:
                 {"run_dir": r.run_dir, "points": json.loads(r.track or "[]")}
                 for r in db.execute(select(runs.c.run_dir, runs.c.track).order_by(runs.c.id))
             ]
+
+
+def _metres(lat: Any, lon: Any, lat0: float, lon0: float) -> Any:
+    """distance_m from many points (numpy arrays) to one: the same haversine, vectorised."""
+    import numpy as np
+
+    p1, p2 = np.radians(lat), math.radians(lat0)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * math.cos(p2) * np.sin(np.radians(lon0 - lon) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(a)))
+
+
+class _CellIndex:
+    """The potholes a drive loaded, by cell key, kept current as sightings add and move them."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.cells: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            self.put(r)
+
+    def put(self, pothole: dict[str, Any]) -> None:
+        self.cells.setdefault(pothole["cell"], []).append(pothole)
+
+    def move(self, pothole: dict[str, Any], was: int) -> None:
+        if pothole["cell"] != was:
+            self.cells[was].remove(pothole)
+            self.put(pothole)
+
+    def near(self, keys: set[int]) -> list[dict[str, Any]]:
+        return [p for k in keys for p in self.cells.get(k, ())]
+
+    def all(self) -> list[dict[str, Any]]:
+        return [p for rows in self.cells.values() for p in rows]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +102,45 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server from Debian's package (initdb, pg_ctl), run as the postgres user."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        if os.environ.get("POTHOLE_EDGE_CI"):
+            pytest.fail("needs PostgreSQL (apt-get install postgresql; scripts/setup.sh does)")
+        pytest.skip("needs PostgreSQL (apt-get install postgresql; scripts/setup.sh does)")
+    bindir = bins[-1].parent
+    # PostgreSQL will not run as root: as root, the server runs as the package's postgres user, in a folder it may enter
+    home = Path(tempfile.mkdtemp(prefix="pothole-edge-pg-"))
+    home.chmod(0o777)
+    data = home / "data"
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run(
+        as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    server = as_user + [
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(home / "log"),
+        "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+        "-w",
+        "start",
+    ]
+    # the server inherits pg_ctl's output: a pipe here would never close
+    subprocess.run(server, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+        shutil.rmtree(home, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -17,7 +16,6 @@ from pothole_edge.edge.gps import distance_m
 from pothole_edge.edge.mapping import MapConfig, build
 from pothole_edge.edge.runner import run
 from tests import drive
-from tests.conftest import free_port
 from tests.test_cli import assert_usage_error
 from tests.test_edge import brightness_model, needs
 
@@ -116,47 +114,6 @@ def test_bad_inputs_are_one_line(drives, tmp_path):
         ),
         "--db",
     )
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL server from Debian's package (initdb, pg_ctl), run as the postgres user."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    needs(bool(bins), "needs PostgreSQL (apt-get install postgresql; scripts/setup.sh does)")
-    bindir = bins[-1].parent
-    # PostgreSQL will not run as root: as root, the server runs as the package's postgres user, in a folder it may enter
-    import tempfile
-
-    home = Path(tempfile.mkdtemp(prefix="pothole-edge-pg-"))
-    home.chmod(0o777)
-    data = home / "data"
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run(
-        as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    server = as_user + [
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(home / "log"),
-        "-o",
-        f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
-        "-w",
-        "start",
-    ]
-    # the server inherits pg_ctl's output: a pipe here would never close
-    subprocess.run(server, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_a_fleet_shares_one_postgresql_registry(drives, postgres, tmp_path):

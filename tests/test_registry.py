@@ -1,0 +1,131 @@
+"""The registry's cell index: neighbours that cover the match radius everywhere, drives that load only their
+cells, longitudes either side of 180 degrees, registries written before the index, and concurrent importers."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pothole_edge.edge.gps import distance_m
+from pothole_edge.edge.registry import Registry, Run, Sighting, cell_key, cell_of, engine_for, near_cells
+
+M_PER_DEG = 111_195.0
+
+
+def _offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
+    lon2 = lon + east_m / (M_PER_DEG * math.cos(math.radians(lat)))
+    return lat + north_m / M_PER_DEG, (lon2 + 180) % 360 - 180
+
+
+@pytest.mark.parametrize("lat, lon", [(48.137, 11.575), (-33.9, 151.2), (69.65, 18.96), (0.0, 179.9999), (-12.0, -180)])
+def test_every_point_within_the_radius_is_in_a_neighbouring_cell(lat, lon):
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        a = _offset(lat, lon, *rng.uniform(-200, 200, 2))
+        angle, r = rng.uniform(0, 2 * math.pi), rng.uniform(0, 8.0)
+        b = _offset(*a, r * math.cos(angle), r * math.sin(angle))
+        assert distance_m(*a, *b) <= 8.05
+        assert cell_key(*cell_of(*b)) in near_cells(*cell_of(*a), 8.0)
+
+
+def test_the_cells_either_side_of_180_degrees_are_neighbours():
+    east, west = cell_of(10.0, 179.9995), cell_of(10.0, -179.9995)
+    assert cell_key(*west) in near_cells(*east, 8.0) and cell_key(*east) in near_cells(*west, 8.0)
+
+
+def _run(key: str, sightings: list[tuple[float, float]], track: list[tuple[float, float]], t0: float = 0.0) -> Run:
+    return Run(
+        key,
+        Path(key),
+        None,
+        [Sighting(n, t0 + n, lat, lon, 0.9, None) for n, (lat, lon) in enumerate(sightings)],
+        [(t0 + n * 0.1, lat, lon) for n, (lat, lon) in enumerate(track)],
+        None,
+    )
+
+
+def _line(a: tuple[float, float], b: tuple[float, float], n: int) -> list[tuple[float, float]]:
+    return [(a[0] + (b[0] - a[0]) * k / (n - 1), a[1] + (b[1] - a[1]) * k / (n - 1)) for k in range(n)]
+
+
+def test_a_drive_matches_passes_and_repairs_through_the_index(tmp_path):
+    registry = Registry(engine_for(None, tmp_path), repaired_after=2)
+    street = _line((48.1, 11.5), (48.1, 11.52), 600)  # 1.5 km, a point every 2.5 m
+    holes = [street[100], street[400]]
+    far = (48.3, 11.9)  # a pothole on another street, about 35 km away: never loaded, never passed
+    assert registry.add(_run("a", [*holes, far], street))
+    assert registry.add(_run("b", [_offset(*holes[0], 3, 0)], street, t0=100))  # hole 2 missed once
+    assert registry.add(_run("c", [_offset(*holes[0], -2, 1)], street, t0=200))  # and again
+    rows = registry.potholes()
+    assert [r["sightings"] for r in rows] == [3, 1, 1]
+    assert [r["possibly_repaired"] for r in rows] == [False, True, False]
+    assert distance_m(rows[0]["lat"], rows[0]["lon"], *holes[0]) < 2
+    assert all(r["cell"] == cell_key(*cell_of(r["lat"], r["lon"])) for r in rows)
+    assert not registry.add(_run("a", [], []))  # the same run again changes nothing
+
+
+def test_sightings_either_side_of_180_degrees_make_one_pothole_there(tmp_path):
+    registry = Registry(engine_for(None, tmp_path))
+    east, west = (-16.5, 179.99997), (-16.5, -179.99997)  # about 6 m apart in Fiji
+    registry.add(_run("a", [east], [east]))
+    registry.add(_run("b", [west], [west], t0=50))
+    (row,) = registry.potholes()
+    assert row["sightings"] == 2 and abs(row["lon"]) > 179.9999  # not longitude 0, half the world away
+
+
+def test_a_registry_written_before_the_index_is_upgraded(tmp_path):
+    path = tmp_path / "potholes.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE potholes (id INTEGER PRIMARY KEY, lat FLOAT NOT NULL, lon FLOAT NOT NULL, sightings INTEGER "
+            "NOT NULL, first_seen FLOAT NOT NULL, last_seen FLOAT NOT NULL, max_prob FLOAT NOT NULL, best_snapshot "
+            "TEXT, possibly_repaired BOOLEAN NOT NULL)"
+        )
+        db.execute("INSERT INTO potholes VALUES (1, 48.1, 11.5, 1, 0, 0, 0.9, NULL, 0)")
+    registry = Registry(engine_for(f"sqlite:///{path}", tmp_path))
+    registry.add(_run("a", [_offset(48.1, 11.5, 2, 2)], [(48.1, 11.5)], t0=10))
+    (row,) = registry.potholes()
+    assert row["cell"] == cell_key(*cell_of(48.1, 11.5)) and row["sightings"] == 1  # matched, not a new one
+    with sqlite3.connect(path) as db:
+        assert {"potholes_cell", "sightings_pothole", "passes_pothole"} <= {
+            r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+
+
+def test_concurrent_importers_on_postgresql_never_duplicate_a_pothole(postgres, tmp_path):
+    from sqlalchemy import create_engine
+
+    street = _line((52.52, 13.40), (52.52, 13.43), 800)
+    holes = street[50::50]  # 15 potholes seen by every van
+    server = create_engine("postgresql+psycopg://" + postgres[len("postgresql://") :], isolation_level="AUTOCOMMIT")
+    with server.connect() as db:  # a database of its own: the server is shared with other tests
+        db.exec_driver_sql("CREATE DATABASE concurrent_vans")
+    url = server.url.set(database="concurrent_vans").render_as_string(hide_password=False)
+    Registry(create_engine(url))  # the schema, before the race
+    for round_ in range(4):
+        start = threading.Barrier(3)
+        errors = []
+
+        def van(n: int, round_=round_, start=start, errors=errors) -> None:
+            try:
+                registry = Registry(create_engine(url))
+                seen = [_offset(*h, n, -n) for h in holes]
+                start.wait()
+                registry.add(_run(f"r{round_}-van{n}", seen, street, t0=1000 * round_ + n))
+            except Exception as e:  # noqa: BLE001 - reported below, with the van
+                errors.append(f"van {n}: {e!r}")
+
+        vans = [threading.Thread(target=van, args=(n,)) for n in range(3)]
+        for v in vans:
+            v.start()
+        for v in vans:
+            v.join()
+        assert not errors
+        rows = Registry(create_engine(url)).potholes()
+        assert len(rows) == len(holes), f"round {round_}: {len(rows)} potholes for {len(holes)}"
+        assert all(r["sightings"] == 3 * (round_ + 1) for r in rows)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pothole_edge.errors import DiskFull, UsageError, is_disk_full
+from pothole_edge.redact import RedactFilter, redact
 
 OURS = ("pothole_edge", "pt-train", "pt-eval", "pt-export", "pt-bench", "edge")
 
@@ -24,12 +25,15 @@ OURS = ("pothole_edge", "pt-train", "pt-eval", "pt-export", "pt-bench", "edge")
 def setup_logging() -> None:
     # libraries stay at WARNING: onnxruntime's quantiser alone logs hundreds of INFO lines
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactFilter) for f in handler.filters):
+            handler.addFilter(RedactFilter())
     for name in OURS:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {redact(message)}", file=sys.stderr)
     sys.exit(code)
 
 

@@ -70,7 +70,10 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, value: Any) -> Path:
-    return write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+    """Atomically, with every password in a URL masked: resolved configs hold what users typed."""
+    from pothole_edge.redact import redacted
+
+    return write_text(path, json.dumps(redacted(value), indent=2, sort_keys=False) + "\n")
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:

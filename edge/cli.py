@@ -12,6 +12,7 @@ import threading
 from pothole_edge.cli import setup_logging
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.errors import DiskFull, UsageError
+from pothole_edge.redact import redact
 from pothole_edge.session import DEVICES, PRECISIONS
 
 
@@ -19,7 +20,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with the one-line `error:` form every pothole-edge command uses."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"error: {redact(message)} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -185,10 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = run(EdgeConfig(**args), stop)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
     except DiskFull as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted twice; outputs so far are kept", file=sys.stderr)
@@ -252,7 +253,7 @@ def clip_main(argv: list[str] | None = None) -> None:
         else:
             print(json.dumps(clip.score(args.run_dir, args.labels), indent=2))
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -271,6 +272,11 @@ def map_main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/map", help="where the outputs go (default: runs/map)")
     p.add_argument("--db", help="an SQLAlchemy URL, e.g. postgresql://user@host/potholes (default: sqlite in --out)")
     p.add_argument(
+        "--db-password-env",
+        default="POTHOLE_EDGE_DB_PASSWORD",
+        help="environment variable with the --db password, kept out of the URL (default: POTHOLE_EDGE_DB_PASSWORD)",
+    )
+    p.add_argument(
         "--radius", type=float, default=8.0, help="metres within which sightings are one pothole (default: 8)"
     )
     p.add_argument(
@@ -288,11 +294,12 @@ def map_main(argv: list[str] | None = None) -> None:
                 runs=tuple(args.runs),
                 out=args.out,
                 db=args.db,
+                db_password_env=args.db_password_env,
                 radius=args.radius,
                 repaired_after=args.repaired_after,
                 service_code=args.service_code,
             )
         )
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)

@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pothole_edge import csvcells
 from pothole_edge.edge.sources import IMAGE_SUFFIXES
 from pothole_edge.errors import UsageError
 from pothole_edge.fileio import encodable, write_text
@@ -30,7 +31,8 @@ log = logging.getLogger("edge")
 def _rows(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-            return list(csv.DictReader(f))
+            # split.csv and labels.csv are ours: their cells were escaped against spreadsheets
+            return [{k: csvcells.unescape(v) for k, v in r.items()} for r in csv.DictReader(f)]
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
 
@@ -142,7 +144,7 @@ def render(
     if not plain:
         tmp.parent.rmdir()
     buf = io.StringIO()
-    writer_csv = csv.writer(buf, lineterminator="\n")
+    writer_csv = csvcells.writer(buf)
     writer_csv.writerow(["frame", "label", "file"])
     writer_csv.writerows(rows)
     write_text(labels_path(path), buf.getvalue())

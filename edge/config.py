@@ -10,6 +10,22 @@ from pothole_edge.session import DEVICES, PRECISIONS
 from pothole_edge.spec import check_region
 
 SOURCES = ("camera", "video", "stream", "images")
+_TOPIC_FORBIDDEN = ("+", "#", "\x00")
+
+
+def check_topic_part(flag: str, value: str, levels: bool = False) -> None:
+    """A value that goes into an MQTT topic: no wildcards (a publish with one kills paho's sender), and no `/` in
+    one level, where the office's `PREFIX/+/events` subscription would never look."""
+    bad = [c for c in _TOPIC_FORBIDDEN if c in value]
+    if not levels and "/" in value:
+        bad.append("/")
+    parts = value.strip("/").split("/")
+    if not value.strip("/") or bad or any(not part for part in parts) or len(value.encode("utf-8", "replace")) > 200:
+        shown = ", ".join(repr(c) for c in bad) or "an empty level"
+        raise UsageError(
+            f"{flag} {value!r} cannot be part of an MQTT topic ({shown}); use letters, digits, '-', '_' and '.'"
+            + (" (levels joined by '/')" if levels else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,9 @@ class EdgeConfig:
 
     def check(self) -> None:
         self.source()
+        check_topic_part("--mqtt-topic", self.mqtt_topic, levels=True)
+        if self.vehicle_id is not None:
+            check_topic_part("--vehicle-id", self.vehicle_id)
         if self.device not in DEVICES:
             raise UsageError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:

@@ -16,8 +16,6 @@ import os
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +23,7 @@ from urllib.parse import urlparse
 
 from pothole_edge.edge.outbox import Outbox
 from pothole_edge.errors import UsageError
+from pothole_edge.redact import redact
 
 log = logging.getLogger("edge")
 NAMESPACE = uuid.UUID("9b3f3c2e-7d1a-4c55-9a60-2b1f0e6d8a41")  # pothole-edge events
@@ -91,36 +90,75 @@ class Mqtt:
 
 
 class Webhook:
-    """POSTs the JSON to an HTTP(S) endpoint, signed with HMAC-SHA256 in X-Pothole-Signature."""
+    """POSTs the JSON to an HTTP(S) endpoint, signed with HMAC-SHA256 in X-Pothole-Signature.
+
+    A redirect is a failure, never followed: urllib would re-send to the other host as a GET with the signature
+    and count that host's 200 as delivered. The whole request, trickling servers included, ends by a deadline.
+    """
 
     def __init__(self, url: str, secret_env: str | None, timeout_s: float = 5.0) -> None:
-        u = urlparse(url)
+        try:
+            u = urlparse(url)
+            port = u.port
+        except ValueError as e:
+            raise UsageError(f"--webhook {redact(url)}: {e}; give http(s)://HOST[:PORT]/PATH") from None
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise UsageError(f"--webhook {url} is not an http(s):// URL")
+            raise UsageError(f"--webhook {redact(url)} is not an http(s):// URL")
         secret = os.environ.get(secret_env) if secret_env else None
         if secret_env and not secret:
             raise UsageError(f"--webhook-secret-env {secret_env}: that environment variable is empty or unset")
         self.url, self.secret, self.timeout_s = url, secret.encode() if secret else None, timeout_s
+        self.host, self.port, self.https = u.hostname, port, u.scheme == "https"
+        self.path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         self.name = f"webhook {u.hostname}"
 
     def send(self, payload: dict[str, Any]) -> None:
+        import http.client
+
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        request = urllib.request.Request(
-            self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
         if self.secret:
-            request.add_header(SIGNATURE_HEADER, sign(self.secret, body))
+            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        if self.https:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout_s, context=ssl.create_default_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        expired = threading.Event()
+        deadline = threading.Timer(self.timeout_s * 2, _abort, (conn, expired))
+        deadline.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                if not 200 <= response.status < 300:
-                    raise SendError(f"HTTP {response.status}")
-        except urllib.error.HTTPError as e:
-            raise SendError(f"HTTP {e.code}") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise SendError(str(getattr(e, "reason", e))) from None
+            conn.request("POST", self.path, body, headers)
+            response = conn.getresponse()
+            response.read(1 << 16)
+            status, location = response.status, response.getheader("Location")
+        except (OSError, http.client.HTTPException) as e:
+            if expired.is_set():
+                raise SendError(f"no complete answer within {self.timeout_s * 2:g} s") from None
+            raise SendError(str(e) or type(e).__name__) from None
+        finally:
+            deadline.cancel()
+            conn.close()
+        if 300 <= status < 400:
+            raise SendError(f"HTTP {status} redirect to {redact(str(location))}: not followed; point --webhook at it")
+        if not 200 <= status < 300:
+            raise SendError(f"HTTP {status}")
 
     def close(self) -> None:
         pass
+
+
+def _abort(conn: Any, expired: threading.Event) -> None:
+    """Ends a request that outlived its deadline: shutting the socket wakes the blocked read."""
+    import socket
+
+    expired.set()
+    if conn.sock is not None:
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 @dataclass

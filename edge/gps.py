@@ -54,6 +54,24 @@ class Position:
         }
 
 
+MAX_TRACK_FILE = 200 * 2**20  # a day's GPX at 1 Hz is about 10 MB; gpxpy holds a whole file in memory, 15x its size
+MAX_LINE = 64 * 1024  # a gpsd report or an NMEA sentence is far shorter
+
+
+def fix_or_none(t: Any, lat: Any, lon: Any, speed: Any = None, heading: Any = None) -> Fix | None:
+    """The one check every GPS source's values pass: a finite time, a latitude within 90 degrees and a longitude
+    within 180, or no fix at all. Speed and heading that are not finite, or out of range, are dropped alone."""
+    if not all(_real(v) for v in (t, lat, lon)) or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    speed = float(speed) if _real(speed) and speed >= 0 else None
+    heading = float(heading) % 360 if _real(heading) else None
+    return Fix(float(t), float(lat), float(lon), speed, heading)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 NO_FIX = {"lat": None, "lon": None, "speed_mps": None, "heading_deg": None, "fix_age_s": None}
 
 
@@ -75,15 +93,20 @@ def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 class Track:
     """Fixes in time order; `at(t)` interpolates between the two around t when both are within `max_age_s`."""
 
-    def __init__(self, fixes: Iterable[Fix] = (), max_age_s: float = 2.0) -> None:
+    def __init__(self, fixes: Iterable[Fix | None] = (), max_age_s: float = 2.0) -> None:
         self.max_age_s = max_age_s
         self._lock = threading.Lock()
         self.fixes: list[Fix] = []
         self._times: list[float] = []
-        for fix in sorted(fixes, key=lambda f: f.t):
+        given = list(fixes)
+        self.rejected = sum(1 for f in given if f is None)  # fixes that failed fix_or_none: counted, never used
+        for fix in sorted((f for f in given if f is not None), key=lambda f: f.t):
             self.add(fix)
 
-    def add(self, fix: Fix) -> None:
+    def add(self, fix: Fix | None) -> None:
+        if fix is None:
+            self.rejected += 1
+            return
         with self._lock:
             if self._times and fix.t <= self._times[-1]:
                 if fix.t == self._times[-1]:
@@ -131,7 +154,10 @@ def _position(a: Fix, b: Fix, w: float, age: float) -> Position:
     speed = _lerp(a.speed_mps, b.speed_mps, w)
     if speed is None and b.t > a.t:
         speed = distance_m(a.lat, a.lon, b.lat, b.lon) / (b.t - a.t)
-    return Position(a.lat + (b.lat - a.lat) * w, a.lon + (b.lon - a.lon) * w, speed, heading, age)
+    # the short way round: from 179.9 to -179.9 is 0.2 degrees, not 359.8 through Asia
+    dlon = (b.lon - a.lon + 540) % 360 - 180
+    lon = (a.lon + dlon * w + 540) % 360 - 180
+    return Position(a.lat + (b.lat - a.lat) * w, lon, speed, heading, age)
 
 
 def _lerp_angle(a: float | None, b: float | None, w: float) -> float | None:
@@ -141,9 +167,18 @@ def _lerp_angle(a: float | None, b: float | None, w: float) -> float | None:
     return (a + d * w) % 360
 
 
-def read_gpx(path: Path) -> list[Fix]:
+def read_gpx(path: Path) -> list[Fix | None]:
     import gpxpy
 
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise UsageError(f"cannot read GPX track {path}: {e.strerror}") from None
+    if size > MAX_TRACK_FILE:
+        raise UsageError(
+            f"GPX track {path} is {size / 2**20:.0f} MiB, over the {MAX_TRACK_FILE // 2**20} MiB a track file may be; "
+            "split it by drive"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             gpx = gpxpy.parse(f)
@@ -156,7 +191,7 @@ def read_gpx(path: Path) -> list[Fix]:
                 if p.time is None:
                     continue
                 t = p.time if p.time.tzinfo else p.time.replace(tzinfo=timezone.utc)
-                fixes.append(Fix(t.timestamp(), p.latitude, p.longitude, p.speed, p.course))
+                fixes.append(fix_or_none(t.timestamp(), p.latitude, p.longitude, p.speed, p.course))
     return fixes
 
 
@@ -181,15 +216,23 @@ def parse_nmea(lines: Iterable[str]) -> Iterable[Fix]:
             t = datetime.combine(date, msg.timestamp).replace(tzinfo=timezone.utc).timestamp()
             speed = float(msg.spd_over_grnd) * KNOT_MPS if msg.spd_over_grnd not in (None, "") else None
             course = float(msg.true_course) if msg.true_course not in (None, "") else None
-            yield Fix(t, msg.latitude, msg.longitude, speed, course)
+            yield fix_or_none(t, msg.latitude, msg.longitude, speed, course) if _minutes_ok(msg) else None
         elif kind == "GGA" and date is not None and msg.timestamp is not None:
             if not msg.gps_qual or int(msg.gps_qual) == 0:
                 continue
             t = datetime.combine(date, msg.timestamp).replace(tzinfo=timezone.utc).timestamp()
-            yield Fix(t, msg.latitude, msg.longitude)
+            yield fix_or_none(t, msg.latitude, msg.longitude) if _minutes_ok(msg) else None
 
 
-def read_nmea(path: Path) -> list[Fix]:
+def _minutes_ok(msg: Any) -> bool:
+    """ddmm.mmmm and dddmm.mmmm: the minutes must be under 60 (pynmea2 would turn 99 minutes into 1.65 degrees)."""
+    try:
+        return float(msg.lat[2:]) < 60 and float(msg.lon[3:]) < 60
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def read_nmea(path: Path) -> list[Fix | None]:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             return _merge_sentences(parse_nmea(f))
@@ -197,14 +240,19 @@ def read_nmea(path: Path) -> list[Fix]:
         raise UsageError(f"cannot read NMEA log {path}: {e.strerror}") from None
 
 
-def _merge_sentences(fixes: Iterable[Fix]) -> list[Fix]:
-    """One fix per instant: RMC's speed and course win over a GGA of the same second."""
+def _merge_sentences(fixes: Iterable[Fix | None]) -> list[Fix | None]:
+    """One fix per instant: RMC's speed and course win over a GGA of the same second. Rejected fixes (None) are
+    kept, to be counted."""
     by_time: dict[float, Fix] = {}
+    rejected: list[None] = []
     for f in fixes:
+        if f is None:
+            rejected.append(None)
+            continue
         old = by_time.get(f.t)
         if old is None or (old.speed_mps is None and f.speed_mps is not None):
             by_time[f.t] = f
-    return sorted(by_time.values(), key=lambda f: f.t)
+    return [*sorted(by_time.values(), key=lambda f: f.t), *rejected]
 
 
 class LiveGps:
@@ -235,33 +283,60 @@ class LiveGps:
             self.stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
-    def _gpsd(self) -> Iterable[Fix]:
+    def _gpsd(self) -> Iterable[Fix | None]:
         host, port = self.target
         with socket.create_connection((host, port), timeout=5) as s:
             s.sendall(b'?WATCH={"enable":true,"json":true};\n')
             f = s.makefile("r", encoding="utf-8", errors="replace")
-            for line in f:
-                report = json.loads(line)
-                if (
-                    report.get("class") != "TPV"
-                    or report.get("mode", 0) < 2
-                    or "lat" not in report
-                    or "time" not in report
-                ):
-                    continue
-                t = datetime.fromisoformat(report["time"].replace("Z", "+00:00")).timestamp()
-                yield Fix(t, report["lat"], report["lon"], report.get("speed"), report.get("track"))
+            for line in _bounded_lines(f):
+                report = _tpv(line)
+                if report is not None:
+                    yield report if isinstance(report, Fix) else None
 
     def _serial(self) -> Iterable[Fix]:
         import serial
 
         device, baud = self.target
         with serial.serial_for_url(device, baud, timeout=2) as port:
-            lines = (raw.decode("ascii", "replace") for raw in iter(port.readline, b""))
-            yield from parse_nmea(lines)
+            lines = (raw.decode("ascii", "replace") for raw in iter(lambda: port.readline(MAX_LINE), b""))
+            yield from parse_nmea(line for line in lines if len(line) < MAX_LINE)
 
     def join(self, timeout: float = 5.0) -> None:
         self._thread.join(timeout)
+
+
+def _tpv(line: str) -> Fix | bool | None:
+    """A gpsd report: a Fix for a usable TPV, False for a TPV that fails the checks, None for other reports."""
+    try:
+        report = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(report, dict) or report.get("class") != "TPV":
+        return None
+    mode, when = report.get("mode"), report.get("time")
+    if not isinstance(mode, int) or isinstance(mode, bool) or mode < 2:
+        return None  # no fix yet: not an error
+    if not isinstance(when, str):
+        return False
+    try:
+        t = datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    return fix_or_none(t, report.get("lat"), report.get("lon"), report.get("speed"), report.get("track")) or False
+
+
+def _bounded_lines(f: Any) -> Iterable[str]:
+    """Lines of at most MAX_LINE characters; a longer one (a stream without newlines) is skipped, not held."""
+    while True:
+        line = f.readline(MAX_LINE)
+        if not line:
+            return
+        if len(line) >= MAX_LINE and not line.endswith("\n"):
+            while line and not line.endswith("\n"):  # drop the rest of the runaway line
+                line = f.readline(MAX_LINE)
+            yield ""
+            continue
+        yield line
 
 
 def open_gps(source: str, max_age_s: float, stop: threading.Event) -> tuple[Track, LiveGps | None, str]:
@@ -285,13 +360,17 @@ def open_gps(source: str, max_age_s: float, stop: threading.Event) -> tuple[Trac
             f"--gps {source} is neither a track file (.gpx, .nmea) that exists, nor gpsd[:HOST:PORT], "
             "nor serial:DEVICE[@BAUD]"
         )
-    fixes = read_gpx(path) if path.suffix.lower() == ".gpx" else read_nmea(path)
+    read = read_gpx(path) if path.suffix.lower() == ".gpx" else read_nmea(path)
+    fixes = [f for f in read if f is not None]
+    if len(fixes) < len(read):
+        log.warning("--gps %s: %d fix(es) dropped: impossible positions or times", source, len(read) - len(fixes))
     if not fixes:
         raise UsageError(
             f"--gps {source} holds no timed fixes; a GPX needs <time> on its track points, "
             "an NMEA log valid RMC sentences"
         )
-    return Track(fixes, max_age_s), None, f"track {path} ({len(fixes)} fixes)"
+    track = Track(read, max_age_s)
+    return track, None, f"track {path} ({len(fixes)} fixes)"
 
 
 def mp4_creation_time(path: str | Path) -> float | None:
@@ -381,4 +460,5 @@ class Locator:
             "frames_with_fix": self.with_fix,
             "frames_without_fix": self.without_fix,
             "distance_m": round(self.distance_m, 1),
+            "fixes_rejected": self.track.rejected,
         }

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
 import html
 import io
@@ -12,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pothole_edge import csvcells
 from pothole_edge.fileio import write_json, write_text
 
 ASSETS = Path(__file__).with_name("assets")
@@ -62,7 +62,7 @@ def geojson(potholes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def csv_text(potholes: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csvcells.writer(buf)
     writer.writerow(FIELDS)
     for p in potholes:
         props = properties(p)
@@ -201,13 +201,22 @@ def map_html(potholes: list[dict[str, Any]], tracks: list[dict[str, Any]]) -> st
         ],
         "tracks": tracks,
     }
-    # "</" inside inline JSON would end the script element
-    blob = json.dumps(data).replace("</", "<\\/")
+    blob = script_json(data)
     return PAGE.format(
         css=(ASSETS / "leaflet.css").read_text(encoding="utf-8"),
         js=(ASSETS / "leaflet.js").read_text(encoding="utf-8"),
         data=blob,
     )
+
+
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(value: Any) -> str:
+    """JSON safe inside a <script> element: `</script>`, `<!--` and `]]>` in a name cannot end or hide the script,
+    and U+2028/2029 cannot end a line of it. JSON's \\u escapes read back as the same text."""
+    text = json.dumps(value, ensure_ascii=False)
+    return "".join(_SCRIPT_ESCAPES.get(c, c) for c in text)
 
 
 def write_all(out: Path, potholes: list[dict[str, Any]], tracks: list[dict[str, Any]], service_code: str) -> None:

@@ -20,6 +20,7 @@ class MapConfig:
     runs: tuple[str, ...]  # edge-run output folders
     out: str = "runs/map"
     db: str | None = None  # an SQLAlchemy URL; None: sqlite in --out
+    db_password_env: str = "POTHOLE_EDGE_DB_PASSWORD"  # the password for a --db URL without one comes from here
     radius: float = 8.0  # metres within which two sightings are one pothole
     repaired_after: int = 3  # passes without a detection before a pothole is possibly repaired
     service_code: str = "pothole"  # Open311 service code
@@ -41,7 +42,7 @@ def build(config: MapConfig) -> dict[str, Any]:
     config.check()
     runs = [read_run(Path(r)) for r in config.runs]
     out = ensure_writable_dir(config.out, "output directory")
-    registry = Registry(engine_for(config.db, out), config.radius, config.repaired_after)
+    registry = Registry(engine_for(config.db, out, config.db_password_env), config.radius, config.repaired_after)
     added = 0
     for run in runs:
         if registry.add(run):

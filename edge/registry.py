@@ -25,6 +25,7 @@ from typing import Any
 
 from pothole_edge.edge.gps import EARTH_RADIUS_M, distance_m
 from pothole_edge.errors import UsageError
+from pothole_edge.redact import redact
 
 log = logging.getLogger("edge")
 M_PER_DEG = 111_195.0
@@ -142,17 +143,49 @@ class Run:
     distance_m: float | None
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a torn last line from a power cut: everything before it is whole
-    return rows
+def _jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The objects of a JSON-lines file and how many lines were skipped: a bad line in the middle (a torn
+    write, garbage) costs that line alone, never the lines after it. A torn last line, from a power cut, is
+    expected and not counted."""
+    rows, bad = [], 0
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f]
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    while lines and not lines[-1]:
+        lines.pop()
+    for k, line in enumerate(lines):
+        if not line:
+            continue
+        try:
+            row = json.loads(line, parse_constant=_no_constant)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif k < len(lines) - 1:
+            bad += 1
+    if bad:
+        log.warning("%s: %d bad line(s) skipped", path, bad)
+    return rows, bad
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _place(where: Any) -> bool:
+    return (
+        isinstance(where, dict)
+        and _number(where.get("lat"))
+        and _number(where.get("lon"))
+        and (-90 <= where["lat"] <= 90 and -180 <= where["lon"] <= 180)
+    )
 
 
 def read_run(run_dir: Path) -> Run:
@@ -169,31 +202,52 @@ def read_run(run_dir: Path) -> Run:
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     except (OSError, ValueError):
         summary = {}
+    if not isinstance(summary, dict):
+        summary = {}
     key = hashlib.sha256(events_path.read_bytes() + str(summary.get("started_at")).encode()).hexdigest()
     sightings = []
-    for e in _jsonl(events_path):
-        where = e.get("peak_position") or {}
-        if e.get("status") != "closed" or where.get("lat") is None or e.get("peak_time") is None:
+    events, bad = _jsonl(events_path)
+    for e in events:
+        where = e.get("peak_position")
+        if e.get("status") != "closed" or where is None or (isinstance(where, dict) and where.get("lat") is None):
+            continue  # open, or seen without a fix: not a sighting, and nothing wrong
+        t = e.get("peak_time")
+        if not (
+            isinstance(e.get("id"), int) and _place(where) and _number(t) and _number(e.get("peak_prob"))
+        ) or not _number(where.get("gps_time", 0.0)):
+            bad += 1
             continue
         snapshot = run_dir / "snapshots" / f"event_{e['id']:05d}.jpg"
         sightings.append(
             Sighting(
                 e["id"],
-                _unix(e["peak_time"], where),
-                where["lat"],
-                where["lon"],
-                e["peak_prob"],
+                _unix(t, where),
+                float(where["lat"]),
+                float(where["lon"]),
+                float(e["peak_prob"]),
                 str(snapshot) if snapshot.is_file() else None,
             )
         )
-    track = [
-        (_unix(r["time"], r), r["lat"], r["lon"])
-        for r in _jsonl(predictions_path)
-        if r.get("lat") is not None and r.get("time") is not None
-    ]
+    rows, bad_rows = _jsonl(predictions_path)
+    track = []
+    for r in rows:
+        if r.get("lat") is None or r.get("time") is None:
+            continue
+        if _place(r) and _number(r["time"]) and _number(r.get("gps_time", 0.0)):
+            track.append((_unix(r["time"], r), float(r["lat"]), float(r["lon"])))
+        else:
+            bad_rows += 1
+    if bad or bad_rows:
+        log.warning("%s: %d event(s) and %d frame row(s) unusable, skipped", run_dir, bad, bad_rows)
     return Run(
-        key, run_dir, summary.get("started_at"), sightings, _thin(track), (summary.get("gps") or {}).get("distance_m")
+        key, run_dir, summary.get("started_at"), sightings, _thin(track), _gps_distance(summary)
     )
+
+
+def _gps_distance(summary: dict[str, Any]) -> float | None:
+    gps = summary.get("gps")
+    distance = gps.get("distance_m") if isinstance(gps, dict) else None
+    return float(distance) if _number(distance) else None
 
 
 def _unix(t: float, where: dict[str, Any]) -> float:
@@ -209,31 +263,51 @@ def _thin(track: list[tuple[float, float, float]], step_m: float = 3.0) -> list[
     return kept
 
 
-def engine_for(url: str | None, out: Path) -> Any:
+def engine_for(url: str | None, out: Path, password_env: str | None = None) -> Any:
+    """An engine for --db; a password for a URL without one comes from the environment variable `password_env`,
+    so it never sits in a command line, config.json or an error message."""
+    import os
+
     from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    url = url or f"sqlite:///{out / 'potholes.sqlite'}"
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]  # psycopg 3, not the old psycopg2
+    text = url or f"sqlite:///{out / 'potholes.sqlite'}"
+    if text.startswith("postgresql://"):
+        text = "postgresql+psycopg://" + text[len("postgresql://") :]  # psycopg 3, not the old psycopg2
     try:
-        return create_engine(url)
-    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        parsed = make_url(text)
+        if parsed.password is None and password_env and os.environ.get(password_env):
+            parsed = parsed.set(password=os.environ[password_env])
+        return create_engine(parsed)
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as e:
         raise UsageError(
-            f"--db {url}: {str(e).splitlines()[0][:160]}; give an SQLAlchemy URL such as sqlite:///potholes.sqlite "
-            "or postgresql://user@host/db (pip install 'pothole-edge[fleet]')"
+            f"--db {redact(text)}: {redact(str(e).splitlines()[0][:160])}; give an SQLAlchemy URL such as "
+            "sqlite:///potholes.sqlite or postgresql://user@host/db, with the password in $POTHOLE_EDGE_DB_PASSWORD "
+            "(pip install 'pothole-edge[fleet]')"
         ) from None
 
 
 class Registry:
     def __init__(self, engine: Any, radius_m: float = 8.0, repaired_after: int = 3) -> None:
         from sqlalchemy import MetaData
+        from sqlalchemy.exc import DBAPIError
 
         self.engine, self.radius_m, self.repaired_after = engine, radius_m, repaired_after
         self.meta = MetaData()
         self.t = tables(self.meta)
-        self.meta.create_all(engine)
-        self._upgrade()
+        try:
+            self.meta.create_all(engine)
+            self._upgrade()
+        except DBAPIError as e:
+            where = redact(engine.url.render_as_string(hide_password=True))
+            reason = (
+                redact(str(e.orig or e).strip().splitlines()[0][:200]) if str(e.orig or e).strip() else type(e).__name__
+            )
+            raise UsageError(
+                f"--db {where}: cannot open the registry ({reason}); check that the server runs, the user and the "
+                "password (from --db-password-env), or that the SQLite file is a database this process may write"
+            ) from None
 
     def _upgrade(self) -> None:
         """A registry written before the cell index gets the column, its values and every index."""

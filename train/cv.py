@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pothole_edge import calibration
+from pothole_edge import calibration, csvcells
 from pothole_edge.errors import UsageError
 from pothole_edge.fileio import ensure_writable_dir, write_json
 from pothole_edge.train import data, plots
@@ -112,7 +112,7 @@ def _held_out(run: Path) -> tuple[list[str], list[dict[str, Any]]]:
     frames = []
     with open(run / "predictions.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
         for row in csv.DictReader(f):
-            s = where[row["path"]]
+            s = where[csvcells.unescape(row["path"])]
             frames.append(
                 {
                     "source": sources[s.root],

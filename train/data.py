@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pothole_edge import csvcells
 from pothole_edge.errors import UsageError
 from pothole_edge.images import ImageDecodeError, decode, read_file
 
@@ -524,7 +525,7 @@ def _boxes_parse(text: str) -> tuple[Box, ...] | None:
 
 def manifest_text(samples: list[Sample], class_names: tuple[str, str]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csvcells.writer(buf)
     writer.writerow(MANIFEST_COLUMNS)
     for s in sorted(samples, key=lambda s: (s.root, s.path)):
         writer.writerow([s.root, s.path, class_names[s.label], s.split, s.sha256, s.group, _boxes_text(s.boxes)])
@@ -538,7 +539,7 @@ def manifest_hash(text: str) -> str:
 def read_manifest(path: str | Path, class_names: tuple[str, str]) -> list[Sample]:
     """The samples of a split.csv; a damaged manifest is a UsageError, not a crash later."""
     labels = {name: i for i, name in enumerate(class_names)}
-    rows = _read_csv(Path(path))
+    rows = [{k: csvcells.unescape(v) for k, v in r.items()} for r in _read_csv(Path(path))]
     samples = []
     try:
         for r in rows:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pothole_edge import csvcells
 from pothole_edge.fileio import write_json, write_text
 from pothole_edge.train import metrics, plots
 from pothole_edge.view import boxes_overlap
@@ -56,7 +56,7 @@ def write_report(
             result["by_source"][name] = sub
     result |= extra or {}
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csvcells.writer(buf)
     writer.writerow(["path", "label", "probability", "prediction", "tile_x0", "tile_y0", "tile_x1", "tile_y1"])
     for i, (p, y, prob) in enumerate(zip(paths, labels, probs)):
         tile = [f"{v:.1f}" for v in hottest[i]] if hottest is not None else ["", "", "", ""]

@@ -61,9 +61,14 @@ def parser() -> argparse.ArgumentParser:
             "view)"
         ),
     )
-    p.add_argument("--ema", type=float, default=0.3, help="smoothing: weight of the newest frame (default: 0.3)")
     p.add_argument(
-        "--hysteresis", type=float, default=0.3, help="an event ends below threshold*(1-hysteresis) (default: 0.3)"
+        "--votes",
+        default="2/3",
+        help="K/N: an event opens when K of the last N classified frames reach the threshold, whatever the threshold "
+        "(default: 2/3)",
+    )
+    p.add_argument(
+        "--hysteresis", type=float, default=0.3, help="an event ends after N frames below threshold*(1-hysteresis) (default: 0.3)"
     )
     p.add_argument("--stride", type=int, default=1, help="files: process every Nth frame (default: 1)")
     p.add_argument(

@@ -42,7 +42,7 @@ class EdgeConfig:
     threads: int | None = None  # None: every core but one
     threshold: float | None = None  # None: the model metadata's threshold
     roi: str | None = None  # x0,y0,x1,y1 fractions; None: the model's view region
-    ema: float = 0.3  # weight of the newest frame in the smoothed probability
+    votes: str = "2/3"  # K/N: an event opens when K of the last N classified frames reach the threshold
     hysteresis: float = 0.3  # an event ends below threshold * (1 - hysteresis)
     stride: int = 1  # files: process every Nth frame
     reconnect_timeout: float = 30.0  # live sources: longest outage before the run ends
@@ -89,6 +89,16 @@ class EdgeConfig:
             values = []
         return check_region(values)
 
+    def votes_k_n(self) -> tuple[int, int]:
+        k, _, n = str(self.votes).partition("/")
+        try:
+            k_n = int(k), int(n)
+        except ValueError:
+            k_n = (0, 0)
+        if not 1 <= k_n[0] <= k_n[1] <= 100:
+            raise UsageError(f"--votes must be K/N with 1 <= K <= N <= 100, like 2/3; got {self.votes!r}")
+        return k_n
+
     def check(self) -> None:
         self.source()
         check_topic_part("--mqtt-topic", self.mqtt_topic, levels=True)
@@ -104,8 +114,7 @@ class EdgeConfig:
             raise UsageError(f"--max-frames must be 0 (no limit) or more, got {self.max_frames}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be 1 or more, got {self.threads}")
-        if not (math.isfinite(self.ema) and 0 < self.ema <= 1):
-            raise UsageError(f"--ema must be in (0, 1], got {self.ema}")
+        self.votes_k_n()
         if not (math.isfinite(self.hysteresis) and 0 <= self.hysteresis < 1):
             raise UsageError(f"--hysteresis must be in [0, 1), got {self.hysteresis}")
         if self.threshold is not None and not (math.isfinite(self.threshold) and 0 < self.threshold < 1):

@@ -239,9 +239,7 @@ def read_run(run_dir: Path) -> Run:
             bad_rows += 1
     if bad or bad_rows:
         log.warning("%s: %d event(s) and %d frame row(s) unusable, skipped", run_dir, bad, bad_rows)
-    return Run(
-        key, run_dir, summary.get("started_at"), sightings, _thin(track), _gps_distance(summary)
-    )
+    return Run(key, run_dir, summary.get("started_at"), sightings, _thin(track), _gps_distance(summary))
 
 
 def _gps_distance(summary: dict[str, Any]) -> float | None:

@@ -133,7 +133,7 @@ class EdgeRun:
         pos, names = int(meta["positive_index"]), meta["class_names"]
         self.label_of = {True: names[pos], False: names[1 - pos]}
         self.temporal = kind != "images"
-        self.detector = EventDetector(self.threshold, config.ema, config.hysteresis) if self.temporal else None
+        self.detector = EventDetector(self.threshold, config.votes_k_n(), config.hysteresis) if self.temporal else None
         self.locator, self.live_gps, self.gps_source = gps if gps else (None, None, None)
         self.delivery, self.vehicle = delivery if delivery else (None, None)
         self.closed_events: set[int] = set()
@@ -278,9 +278,9 @@ class EdgeRun:
             row |= where
         active = prob >= self.threshold
         if self.detector is not None:
-            step = self.detector.update(frame.index, frame.timestamp, prob)
+            step = self.detector.update(frame.index, frame.timestamp, prob, (row["tile"], where, frame, box, prob))
             active = step.active
-            row |= {"smoothed": round(step.smoothed, 6), "state": self.label_of[step.active]}
+            row |= {"votes": step.votes, "state": self.label_of[step.active]}
             self.events(step, frame, row, where, box, prob)
             row["event"] = self.detector.current.id if self.detector.current is not None else None
         self.recorder.prediction(row)
@@ -314,9 +314,11 @@ class EdgeRun:
             self.writer.opened(step.opened.id, frame.timestamp or 0.0)
         current = self.detector.current
         if step.new_peak and current is not None:
-            current.peak_tile, current.peak_position = row["tile"], where
+            # the peak may be a frame the votes completed after: its own tile, position and image
+            tile, position, peak_frame, peak_box, peak_prob = step.peak
+            current.peak_tile, current.peak_position = tile, position
             if self.recorder.snapshots is not None:
-                self.writer.snapshot(current.id, frame.bgr(), box, prob)
+                self.writer.snapshot(current.id, peak_frame.bgr(), peak_box, peak_prob)
 
     def check_space(self) -> None:
         """The optional files stop before the disk or the storage cap stops the lines."""
@@ -386,7 +388,7 @@ class EdgeRun:
             "threshold": self.threshold,
             "view": self.spec["view"],
             "tiles_per_frame": self.tiles_per_frame,
-            "smoothing": {"ema": c.ema, "hysteresis": c.hysteresis} if self.temporal else None,
+            "smoothing": {"votes": c.votes, "hysteresis": c.hysteresis} if self.temporal else None,
             "snapshots_dropped": self.recorder.dropped_snapshots,
             "frames": {
                 "read": self.reader.read,

@@ -68,7 +68,10 @@ def parser() -> argparse.ArgumentParser:
         "(default: 2/3)",
     )
     p.add_argument(
-        "--hysteresis", type=float, default=0.3, help="an event ends after N frames below threshold*(1-hysteresis) (default: 0.3)"
+        "--hysteresis",
+        type=float,
+        default=0.3,
+        help="an event ends after N frames below threshold*(1-hysteresis) (default: 0.3)",
     )
     p.add_argument("--stride", type=int, default=1, help="files: process every Nth frame (default: 1)")
     p.add_argument(

@@ -58,9 +58,15 @@ class Mqtt:
         import paho.mqtt.client as mqtt
 
         u = urlparse(url)
+        try:
+            port = u.port
+        except ValueError:
+            raise UsageError(f"--mqtt {redact(url)}: the port must be a number from 1 to 65535") from None
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise UsageError(f"--mqtt {url} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-        self.name = f"mqtt {u.hostname}:{u.port or (8883 if u.scheme == 'mqtts' else 1883)}"
+            raise UsageError(f"--mqtt {redact(url)} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise UsageError(f"--mqtt-ca {ca_file} is not a file; give the broker's CA certificate (PEM)")
+        self.name = f"mqtt {u.hostname}:{port or (8883 if u.scheme == 'mqtts' else 1883)}"
         self.topic = f"{prefix.strip('/')}/{vehicle}/events"
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"pothole-edge-{vehicle}-{os.getpid()}", clean_session=True
@@ -70,7 +76,7 @@ class Mqtt:
         if u.scheme == "mqtts":
             self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(0.5, 8)
-        self.client.connect_async(u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=15)
+        self.client.connect_async(u.hostname, port or (8883 if u.scheme == "mqtts" else 1883), keepalive=15)
         self.client.loop_start()
 
     def send(self, payload: dict[str, Any]) -> None:

@@ -339,15 +339,23 @@ def _bounded_lines(f: Any) -> Iterable[str]:
         yield line
 
 
+def _port(text: str) -> bool:
+    return text.isdigit() and 1 <= int(text) <= 65535
+
+
 def open_gps(source: str, max_age_s: float, stop: threading.Event) -> tuple[Track, LiveGps | None, str]:
     """The track for `--gps SOURCE`: a .gpx or .nmea file, gpsd[:HOST:PORT], or serial:DEVICE[@BAUD]."""
     if source == "gpsd" or source.startswith("gpsd:"):
         parts = source.split(":")
+        if len(parts) not in (1, 3) or (len(parts) == 3 and not (parts[1] and _port(parts[2]))):
+            raise UsageError(f"--gps {source!r}: give gpsd, or gpsd:HOST:PORT with a port from 1 to 65535")
         host, port = (parts[1], int(parts[2])) if len(parts) == 3 else ("127.0.0.1", 2947)
         track = Track(max_age_s=max_age_s)
         return track, LiveGps("gpsd", (host, port), track, stop), f"gpsd at {host}:{port}"
     if source.startswith("serial:"):
         device, _, baud = source[len("serial:") :].partition("@")
+        if not device or (baud and not (baud.isdigit() and 50 <= int(baud) <= 4_000_000)):
+            raise UsageError(f"--gps {source!r}: give serial:DEVICE or serial:DEVICE@BAUD, BAUD a number like 4800")
         track = Track(max_age_s=max_age_s)
         return (
             track,

@@ -41,6 +41,10 @@ def build(config: MapConfig) -> dict[str, Any]:
 
     config.check()
     runs = [read_run(Path(r)) for r in config.runs]
+    if (Path(config.out) / "predictions.jsonl").exists() or (Path(config.out) / "events.jsonl").exists():
+        raise UsageError(
+            f"--out {config.out} holds an edge-run's output, which the map would overwrite; give a new --out"
+        )
     out = ensure_writable_dir(config.out, "output directory")
     registry = Registry(engine_for(config.db, out, config.db_password_env), config.radius, config.repaired_after)
     added = 0

@@ -29,6 +29,7 @@ from pothole_edge.redact import redact
 
 log = logging.getLogger("edge")
 M_PER_DEG = 111_195.0
+SCHEMA_LOCK = 0x706F74686F6C65  # "pothole": the PostgreSQL advisory lock held while the tables are made
 CELL_DEG = 0.001
 _ROW = 400_000  # cells per row of the key: more than 360 / CELL_DEG
 _CHUNK = 500  # keys per IN (...) query: under every database's bound-parameter limit
@@ -295,8 +296,7 @@ class Registry:
         self.meta = MetaData()
         self.t = tables(self.meta)
         try:
-            self.meta.create_all(engine)
-            self._upgrade()
+            self._create()
         except DBAPIError as e:
             where = redact(engine.url.render_as_string(hide_password=True))
             reason = (
@@ -307,19 +307,38 @@ class Registry:
                 "password (from --db-password-env), or that the SQLite file is a database this process may write"
             ) from None
 
-    def _upgrade(self) -> None:
+    def _create(self) -> None:
+        """Tables, then what a registry written before the cell index lacks. Importers starting together on a new
+        database would race to create the tables: on PostgreSQL one waits for the other on a lock; SQLite's
+        losing CREATE fails with "already exists", and a second look finds the tables there."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as db:
+                    if db.dialect.name == "postgresql":
+                        db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+                    self.meta.create_all(db)
+                    self._upgrade(db)
+                return
+            except DBAPIError as e:
+                if attempt == 2 or "already exists" not in str(e):
+                    raise
+
+    def _upgrade(self, db: Any) -> None:
         """A registry written before the cell index gets the column, its values and every index."""
         from sqlalchemy import inspect, select, text
 
         potholes = self.t["potholes"]
-        with self.engine.begin() as db:
-            if "cell" not in {c["name"] for c in inspect(db).get_columns("potholes")}:
-                db.execute(text("ALTER TABLE potholes ADD COLUMN cell BIGINT"))
-            for r in db.execute(select(potholes.c.id, potholes.c.lat, potholes.c.lon).where(potholes.c.cell.is_(None))):
-                db.execute(potholes.update().where(potholes.c.id == r.id).values(cell=cell_key(*cell_of(r.lat, r.lon))))
-            for table in self.t.values():
-                for index in table.indexes:
-                    index.create(db, checkfirst=True)
+        if "cell" not in {c["name"] for c in inspect(db).get_columns("potholes")}:
+            db.execute(text("ALTER TABLE potholes ADD COLUMN cell BIGINT"))
+        missing = select(potholes.c.id, potholes.c.lat, potholes.c.lon).where(potholes.c.cell.is_(None))
+        for r in db.execute(missing).all():
+            db.execute(potholes.update().where(potholes.c.id == r.id).values(cell=cell_key(*cell_of(r.lat, r.lon))))
+        for table in self.t.values():
+            for index in table.indexes:
+                index.create(db, checkfirst=True)
 
     def add(self, run: Run) -> bool:
         """Merge one run; False when it was already there. One transaction: a failure adds nothing."""

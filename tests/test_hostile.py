@@ -413,3 +413,64 @@ def test_bad_lines_and_values_in_a_run_cost_themselves_alone(tmp_path):
     assert [s.event_id for s in run.sightings] == [1, 7]
     assert len(run.track) > 5  # thinned to a point every 3 m, but past the garbage
     assert run.track[-1][1] == pytest.approx(frames[-1]["lat"], abs=3e-5)
+
+
+# --- one line, not a traceback -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--mqtt", "mqtt://h:99999"], "port must be a number"),
+        (["--mqtt", "mqtts://h:8883", "--mqtt-ca", "/nonexistent/ca.pem"], "--mqtt-ca /nonexistent/ca.pem"),
+        (["--webhook", "http://[::1/x"], "--webhook"),
+        (["--gps", "serial:/dev/ttyX@fast"], "serial:DEVICE@BAUD"),
+        (["--gps", "gpsd:h:notaport"], "gpsd:HOST:PORT"),
+        (["--votes", "3/2"], "--votes"),
+    ],
+)
+def test_bad_fleet_flags_are_one_line(flags, words, tmp_path):
+    from tests.test_edge import write_video
+
+    model = brightness_model(tmp_path / "m.onnx")
+    video = write_video(tmp_path / "v.mp4", [(40, 3)])
+    result = edge_run("--model", str(model), "--video", str(video), *flags, "--out", str(tmp_path / "o"))
+    assert_usage_error(result, words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_edge_map_refuses_to_write_over_a_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text("")
+    (run_dir / "predictions.jsonl").write_text("")
+    (run_dir / "config.json").write_text('{"mine": true}')
+    assert_usage_error(edge_map(str(run_dir), "--out", str(run_dir)), "holds an edge-run's output")
+    assert (run_dir / "config.json").read_text() == '{"mine": true}'
+
+
+def test_importers_racing_on_a_new_postgresql_database_both_start(postgres):
+    from sqlalchemy import create_engine
+
+    from pothole_edge.edge.registry import Registry
+
+    server = create_engine("postgresql+psycopg://" + postgres[len("postgresql://") :], isolation_level="AUTOCOMMIT")
+    with server.connect() as db:
+        db.exec_driver_sql("CREATE DATABASE new_fleet")
+    url = server.url.set(database="new_fleet").render_as_string(hide_password=False)
+    start, errors = threading.Barrier(4), []
+
+    def importer() -> None:
+        engine = create_engine(url)
+        start.wait()
+        try:
+            Registry(engine)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=importer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pothole_edge import csvcells
-from pothole_edge.fileio import write_json, write_text
+from pothole_edge.fileio import write_text
+from pothole_edge.redact import redacted
 
 ASSETS = Path(__file__).with_name("assets")
 FIELDS = (
@@ -103,25 +104,25 @@ def open311(potholes: list[dict[str, Any]], service_code: str) -> list[dict[str,
 
 
 def _thumbnail(path: str | None, side: int = 240) -> str | None:
-    """The snapshot as a small inline JPEG, so the map needs no other file."""
+    """The snapshot as a small inline JPEG, so the map needs no other file. A snapshot is untrusted: the image
+    limits of the edge apply (a regular file, 256 MB, 64 megapixels), and one that fails them is left out."""
     if not path:
         return None
-    try:
-        import cv2
-        import numpy as np
+    import cv2
 
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            return None
-        scale = side / max(image.shape[:2])
-        if scale < 1:
-            image = cv2.resize(
-                image, (int(image.shape[1] * scale), int(image.shape[0] * scale)), interpolation=cv2.INTER_AREA
-            )
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
-    except (OSError, ValueError):
+    from pothole_edge.images import ImageDecodeError, read_rgb
+
+    try:
+        image = read_rgb(path)[:, :, ::-1]
+    except (ImageDecodeError, OSError, ValueError):
         return None
+    scale = side / max(image.shape[:2])
+    if scale < 1:
+        image = cv2.resize(
+            image, (int(image.shape[1] * scale), int(image.shape[0] * scale)), interpolation=cv2.INTER_AREA
+        )
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
 
 
 PAGE = """<!doctype html>
@@ -220,7 +221,12 @@ def script_json(value: Any) -> str:
 
 
 def write_all(out: Path, potholes: list[dict[str, Any]], tracks: list[dict[str, Any]], service_code: str) -> None:
-    write_json(out / "potholes.geojson", geojson(potholes))
-    write_text(out / "potholes.csv", csv_text(potholes))
-    write_json(out / "open311.json", open311(potholes, service_code))
-    write_text(out / "map.html", map_html(potholes, tracks))
+    """Every file is made before any is written, so a failure leaves the last build's set whole."""
+    made = {
+        "potholes.geojson": json.dumps(redacted(geojson(potholes)), indent=2) + "\n",
+        "potholes.csv": csv_text(potholes),
+        "open311.json": json.dumps(redacted(open311(potholes, service_code)), indent=2) + "\n",
+        "map.html": map_html(potholes, tracks),
+    }
+    for name, text in made.items():
+        write_text(out / name, text)

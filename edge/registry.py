@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ def tables(metadata: Any) -> dict[str, Any]:
             Column("first_time", Float),
             Column("distance_m", Float),
             Column("track", Text),  # JSON [[lat, lon], ...], thinned to a point every few metres
+            Column("content", String(64)),  # Run.content when it was merged
         ),
         "potholes": Table(
             "potholes",
@@ -136,12 +138,14 @@ class Sighting:
 
 @dataclass
 class Run:
-    key: str
+    key: str  # the run's identity: fixed when it starts, whatever its files have grown to since
     run_dir: Path
     started_at: str | None
     sightings: list[Sighting]
     track: list[tuple[float, float, float]]  # time, lat, lon
     distance_m: float | None
+    content: str = ""  # what the files held when read: a run read again after it grew is merged again
+    legacy_key: str | None = None  # the key registries before this one gave the same files
 
 
 def _jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -205,7 +209,9 @@ def read_run(run_dir: Path) -> Run:
         summary = {}
     if not isinstance(summary, dict):
         summary = {}
-    key = hashlib.sha256(events_path.read_bytes() + str(summary.get("started_at")).encode()).hexdigest()
+    config_path = run_dir / "config.json"
+    started = config_path.read_bytes() if config_path.is_file() else b""
+    key = hashlib.sha256(started + str(summary.get("started_at")).encode()).hexdigest()
     sightings = []
     events, bad = _jsonl(events_path)
     for e in events:
@@ -226,7 +232,7 @@ def read_run(run_dir: Path) -> Run:
                 float(where["lat"]),
                 float(where["lon"]),
                 float(e["peak_prob"]),
-                str(snapshot) if snapshot.is_file() else None,
+                _text(snapshot) if snapshot.is_file() else None,
             )
         )
     rows, bad_rows = _jsonl(predictions_path)
@@ -240,7 +246,19 @@ def read_run(run_dir: Path) -> Run:
             bad_rows += 1
     if bad or bad_rows:
         log.warning("%s: %d event(s) and %d frame row(s) unusable, skipped", run_dir, bad, bad_rows)
-    return Run(key, run_dir, summary.get("started_at"), sightings, _thin(track), _gps_distance(summary))
+    thinned = _thin(track)
+    content = hashlib.sha256(events_path.read_bytes() + f"{len(thinned)}|{summary.get('ended_at')}".encode())
+    legacy = hashlib.sha256(events_path.read_bytes() + str(summary.get("started_at")).encode()).hexdigest()
+    return Run(
+        key,
+        run_dir,
+        summary.get("started_at"),
+        sightings,
+        thinned,
+        _gps_distance(summary),
+        content.hexdigest(),
+        legacy,
+    )
 
 
 def _gps_distance(summary: dict[str, Any]) -> float | None:
@@ -333,6 +351,8 @@ class Registry:
         potholes = self.t["potholes"]
         if "cell" not in {c["name"] for c in inspect(db).get_columns("potholes")}:
             db.execute(text("ALTER TABLE potholes ADD COLUMN cell BIGINT"))
+        if "content" not in {c["name"] for c in inspect(db).get_columns("runs")}:
+            db.execute(text("ALTER TABLE runs ADD COLUMN content VARCHAR(64)"))
         missing = select(potholes.c.id, potholes.c.lat, potholes.c.lon).where(potholes.c.cell.is_(None))
         for r in db.execute(missing).all():
             db.execute(potholes.update().where(potholes.c.id == r.id).values(cell=cell_key(*cell_of(r.lat, r.lon))))
@@ -341,42 +361,93 @@ class Registry:
                 index.create(db, checkfirst=True)
 
     def add(self, run: Run) -> bool:
-        """Merge one run; False when it was already there. One transaction: a failure adds nothing."""
+        """Merge one run; False when it was already there as it is now. A run added while it was still being
+        written, and again once it grew, is the same drive: what it added before is taken back and merged anew.
+        One transaction: a failure adds nothing."""
         from sqlalchemy import select
         from sqlalchemy.exc import IntegrityError
 
         runs = self.t["runs"]
+        first = run.track[0][0] if run.track else (run.sightings[0].time if run.sightings else None)
+        values = {
+            "run_dir": _text(run.run_dir),
+            "started_at": run.started_at,
+            "first_time": first,
+            "distance_m": run.distance_m,
+            "track": json.dumps([[round(a, 7), round(b, 7)] for _, a, b in run.track]),
+            "content": run.content,
+        }
         try:
             with self.engine.begin() as db:
-                if db.execute(select(runs.c.id).where(runs.c.key == run.key)).first():
-                    return False
-                first = run.track[0][0] if run.track else (run.sightings[0].time if run.sightings else None)
-                run_id = db.execute(
-                    runs.insert().values(
-                        key=run.key,
-                        run_dir=str(run.run_dir),
-                        started_at=run.started_at,
-                        first_time=first,
-                        distance_m=run.distance_m,
-                        track=json.dumps([[round(a, 7), round(b, 7)] for _, a, b in run.track]),
-                    )
-                ).inserted_primary_key[0]
-                self._merge(db, run_id, run)
+                keys = [run.key, run.legacy_key] if run.legacy_key else [run.key]
+                known = db.execute(select(runs.c.id, runs.c.key, runs.c.content).where(runs.c.key.in_(keys))).first()
+                if known is not None and (known.key != run.key or known.content == run.content):
+                    return False  # a legacy key matches only the same events; the same content changes nothing
+                track_cells, cells = self._cells(run)
+                self._lock(db, cells)
+                if known is None:
+                    run_id = db.execute(runs.insert().values(key=run.key, **values)).inserted_primary_key[0]
+                else:
+                    run_id = known.id
+                    self._forget(db, run_id)
+                    db.execute(runs.update().where(runs.c.id == run_id).values(**values))
+                    log.info("%s grew since it was added: merged again", run.run_dir)
+                self._merge(db, run_id, run, track_cells, cells)
         except IntegrityError:
             # another importer added this run between our check and our insert: its key is unique
             log.info("%s was added by another importer meanwhile", run.run_dir)
             return False
         return True
 
-    def _merge(self, db: Any, run_id: int, run: Run) -> None:
+    def _cells(self, run: Run) -> tuple[dict[tuple[int, int], list[tuple[float, float, float]]], list[int]]:
+        """The run's track points by cell, and the keys of every cell it can read or write."""
         track_cells: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
         for point in run.track:
             track_cells.setdefault(cell_of(point[1], point[2]), []).append(point)
         around = {c: near_cells(*c, self.radius_m) for c in {cell_of(s.lat, s.lon) for s in run.sightings}}
         around.update((c, near_cells(*c, self.radius_m)) for c in track_cells if c not in around)
-        keys = sorted(set().union(*around.values())) if around else []
-        self._lock(db, keys)
-        index = _CellIndex(self._load(db, keys))
+        return track_cells, sorted(set().union(*around.values())) if around else []
+
+    def _forget(self, db: Any, run_id: int) -> None:
+        """Take back what a run added: its sightings and passes; a pothole left with no sighting goes too."""
+        from sqlalchemy import select
+
+        sightings, passes, potholes = self.t["sightings"], self.t["passes"], self.t["potholes"]
+        ids = [r[0] for r in db.execute(select(sightings.c.pothole_id).where(sightings.c.run_id == run_id).distinct())]
+        db.execute(sightings.delete().where(sightings.c.run_id == run_id))
+        db.execute(passes.delete().where(passes.c.run_id == run_id))
+        for pothole_id in ids:
+            rows = db.execute(select(sightings).where(sightings.c.pothole_id == pothole_id)).all()
+            if not rows:
+                db.execute(passes.delete().where(passes.c.pothole_id == pothole_id))
+                db.execute(potholes.delete().where(potholes.c.id == pothole_id))
+                continue
+            lat, lon = _median_place(rows)
+            best = max(rows, key=lambda r: r.prob)
+            db.execute(
+                potholes.update()
+                .where(potholes.c.id == pothole_id)
+                .values(
+                    lat=lat,
+                    lon=lon,
+                    cell=cell_key(*cell_of(lat, lon)),
+                    sightings=len(rows),
+                    first_seen=min(r.time for r in rows),
+                    last_seen=max(r.time for r in rows),
+                    max_prob=best.prob,
+                    best_snapshot=best.snapshot or next((r.snapshot for r in rows if r.snapshot), None),
+                )
+            )
+
+    def _merge(
+        self,
+        db: Any,
+        run_id: int,
+        run: Run,
+        track_cells: dict[tuple[int, int], list[tuple[float, float, float]]],
+        cells: list[int],
+    ) -> None:
+        index = _CellIndex(self._load(db, cells))
         touched = set()
         for s in sorted(run.sightings, key=lambda s: s.time):
             c = cell_of(s.lat, s.lon)
@@ -455,10 +526,7 @@ class Registry:
         sightings, potholes = self.t["sightings"], self.t["potholes"]
         rows = db.execute(select(sightings.c.lat, sightings.c.lon).where(sightings.c.pothole_id == pothole["id"])).all()
         was = pothole["cell"]
-        lat = statistics.median(r.lat for r in rows)
-        # longitudes as offsets from the first sighting's, so sightings either side of 180 degrees stay together
-        offset = statistics.median((r.lon - rows[0].lon + 180) % 360 - 180 for r in rows)
-        lon = (rows[0].lon + offset + 180) % 360 - 180
+        lat, lon = _median_place(rows)
         better = s.prob > pothole["max_prob"] or pothole["best_snapshot"] is None
         values = {
             "lat": lat,
@@ -543,6 +611,19 @@ def _metres(lat: Any, lon: Any, lat0: float, lon0: float) -> Any:
     p1, p2 = np.radians(lat), math.radians(lat0)
     a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * math.cos(p2) * np.sin(np.radians(lon0 - lon) / 2) ** 2
     return 2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(a)))
+
+
+def _median_place(rows: list[Any]) -> tuple[float, float]:
+    """The median of sightings' places; longitudes as offsets from the first sighting's, so sightings either
+    side of 180 degrees stay together."""
+    lat = statistics.median(r.lat for r in rows)
+    offset = statistics.median((r.lon - rows[0].lon + 180) % 360 - 180 for r in rows)
+    return lat, (rows[0].lon + offset + 180) % 360 - 180
+
+
+def _text(path: Path | str) -> str:
+    """A path for the database: a name that is not UTF-8 keeps its bytes as \\x escapes instead of failing."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 class _CellIndex:

@@ -239,6 +239,8 @@ class EdgeRun:
             self.delivery.start()
         self.reader.start()
         self.first = time.perf_counter()
+        # at once, not after the first 5 s: a run that dies early still says when it started, which is its identity
+        self.recorder.summary(self.summary())
         last_summary = last_space_check = time.monotonic()
         while (item := self.reader.next()) is not None:
             if not self.frame(*item):

@@ -474,3 +474,77 @@ def test_importers_racing_on_a_new_postgresql_database_both_start(postgres):
     for t in threads:
         t.join()
     assert errors == []
+
+
+# --- sightings lost or counted twice -------------------------------------------------------------------------
+
+
+def _write_run(run_dir: Path, events: list[dict], points: int, ended: bool) -> Path:
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "config.json").write_text('{"video": "drive.mp4"}')
+    summary = {"started_at": "2026-11-26T08:00:00+00:00", "ended_at": "2026-11-26T08:10:00+00:00" if ended else None}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    rows = [{"time": k * 0.1, "lat": 48.1 + k * 4e-5, "lon": 11.5} for k in range(points)]
+    (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir
+
+
+def test_a_run_mapped_while_written_and_again_when_finished_is_one_drive(tmp_path):
+    from pothole_edge.edge.mapping import MapConfig, build
+
+    first, second = _event(1), _event(2, lat=48.1 + 0.0005)
+    run_dir = _write_run(tmp_path / "drive", [first], 20, ended=False)
+    build(MapConfig(runs=(str(run_dir),), out=str(tmp_path / "map")))
+    _write_run(run_dir, [first, second], 60, ended=True)
+    summary = build(MapConfig(runs=(str(run_dir),), out=str(tmp_path / "map")))
+    assert summary["drives"] == 1 and summary["potholes"] == 2
+    props = [f["properties"] for f in json.loads((tmp_path / "map" / "potholes.geojson").read_text())["features"]]
+    assert [p["sightings"] for p in props] == [1, 1]
+    again = build(MapConfig(runs=(str(run_dir),), out=str(tmp_path / "map")))
+    assert again["runs_added"] == 0 and again["potholes"] == 2
+
+
+def test_a_run_folder_whose_name_is_not_utf8_maps(tmp_path):
+    import os
+
+    from pothole_edge.edge.mapping import MapConfig, build
+
+    name = os.fsdecode(b"drive-\xff\xfe")
+    run_dir = _write_run(tmp_path / name, [_event(1)], 20, ended=True)
+    summary = build(MapConfig(runs=(str(run_dir),), out=str(tmp_path / "map")))
+    assert summary["potholes"] == 1
+    assert "drive-" in (tmp_path / "map" / "potholes.csv").read_text()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header says width x height: a decompression bomb's first bytes."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    return bytes(data)
+
+
+def test_hostile_snapshots_are_left_out_of_the_map_and_nothing_is_half_written(tmp_path):
+    from pothole_edge.edge.mapping import MapConfig, build
+
+    run_dir = _write_run(tmp_path / "drive", [_event(1), _event(2, lat=48.1 + 0.0005)], 60, ended=True)
+    (run_dir / "snapshots").mkdir()
+    (run_dir / "snapshots" / "event_00001.jpg").write_bytes(_png_claiming(30000, 30000))
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as f:
+        f.truncate(5 * 2**30)  # sparse: 5 GB that take no room
+    (run_dir / "snapshots" / "event_00002.jpg").symlink_to(huge)
+    summary = build(MapConfig(runs=(str(run_dir),), out=str(tmp_path / "map")))
+    assert summary["potholes"] == 2
+    page = (tmp_path / "map" / "map.html").read_text()
+    assert "data:image/jpeg" not in page
+    assert {p.name for p in (tmp_path / "map").iterdir()} >= {"map.html", "potholes.geojson", "potholes.csv"}

@@ -54,7 +54,7 @@ class Position:
         }
 
 
-MAX_TRACK_FILE = 200 * 2**20  # a day's GPX at 1 Hz is about 10 MB; gpxpy holds a whole file in memory, 15x its size
+MAX_TRACK_FILE = 32 * 2**20  # a day's GPX at 1 Hz is about 10 MB; gpxpy holds a whole file in memory, 15x its size
 MAX_LINE = 64 * 1024  # a gpsd report or an NMEA sentence is far shorter
 
 

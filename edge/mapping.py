@@ -34,6 +34,23 @@ class MapConfig:
             raise UsageError(f"--repaired-after must be 1 or more passes, got {self.repaired_after}")
 
 
+def _add(registry: Any, run: Any) -> bool:
+    from sqlalchemy.exc import DBAPIError
+
+    from pothole_edge.redact import redact
+
+    try:
+        return registry.add(run)
+    except DBAPIError as e:
+        text = str(e.orig or e).strip()
+        where = redact(registry.engine.url.render_as_string(hide_password=True))
+        reason = redact(text.splitlines()[0][:200]) if text else type(e).__name__
+        raise UsageError(
+            f"--db {where}: adding {run.run_dir} failed ({reason}); "
+            "nothing of that run was written: check the database is writable and whole, then run again"
+        ) from None
+
+
 def build(config: MapConfig) -> dict[str, Any]:
     """Merge each run into the registry (idempotent), then write potholes.geojson, .csv, map.html and open311.json."""
     from pothole_edge.edge import mapfiles
@@ -49,7 +66,7 @@ def build(config: MapConfig) -> dict[str, Any]:
     registry = Registry(engine_for(config.db, out, config.db_password_env), config.radius, config.repaired_after)
     added = 0
     for run in runs:
-        if registry.add(run):
+        if _add(registry, run):
             added += 1
             log.info("%s: %d positioned sighting(s), %d track points", run.run_dir, len(run.sightings), len(run.track))
         else:

@@ -548,3 +548,32 @@ def test_hostile_snapshots_are_left_out_of_the_map_and_nothing_is_half_written(t
     page = (tmp_path / "map" / "map.html").read_text()
     assert "data:image/jpeg" not in page
     assert {p.name for p in (tmp_path / "map").iterdir()} >= {"map.html", "potholes.geojson", "potholes.csv"}
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "read-only"])
+def test_a_damaged_or_read_only_sqlite_registry_is_one_line(damage, tmp_path):
+    import os
+
+    run_dir = _write_run(tmp_path / "drive", [_event(1)], 20, ended=True)
+    out = tmp_path / "map"
+    out.mkdir()
+    db = out / "potholes.sqlite"
+    if damage == "corrupt":
+        db.write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
+    elif damage == "truncated":
+        assert (
+            edge_map(str(_write_run(tmp_path / "first", [_event(5)], 20, ended=True)), "--out", str(out)).returncode
+            == 0
+        )
+        db.write_bytes(db.read_bytes()[:1000])
+    else:
+        assert (
+            edge_map(str(_write_run(tmp_path / "first", [_event(5)], 20, ended=True)), "--out", str(out)).returncode
+            == 0
+        )
+        db.chmod(0o444)
+        if os.access(db, os.W_OK):  # root writes anyway: a read-only SQLite URL instead
+            result = edge_map(str(run_dir), "--out", str(out), "--db", f"sqlite:///file:{db}?mode=ro&uri=true")
+            assert_usage_error(result, "--db")
+            return
+    assert_usage_error(edge_map(str(run_dir), "--out", str(out)), "--db")

@@ -577,3 +577,15 @@ def test_a_damaged_or_read_only_sqlite_registry_is_one_line(damage, tmp_path):
             assert_usage_error(result, "--db")
             return
     assert_usage_error(edge_map(str(run_dir), "--out", str(out)), "--db")
+
+
+def test_a_track_file_too_large_to_parse_is_refused_before_it_is_read(tmp_path):
+    import threading as th
+
+    from pothole_edge.edge import gps
+
+    big = tmp_path / "year.gpx"
+    with open(big, "wb") as f:
+        f.truncate(gps.MAX_TRACK_FILE + 1)  # sparse: its size is what is checked, before any byte is parsed
+    with pytest.raises(UsageError, match="over the 32 MiB a track file may be"):
+        gps.open_gps(str(big), 2.0, th.Event())

@@ -114,6 +114,22 @@ def parser() -> argparse.ArgumentParser:
         metavar="KMH",
         help="do not classify frames slower than this, a car standing still (default: 0)",
     )
+    g.add_argument(
+        "--every-m",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="classify one frame per M metres driven, from the GPS speed or --speed-kmh; half --view-depth-m sees "
+        "each point of road twice (default: 0, every frame)",
+    )
+    g.add_argument("--speed-kmh", type=float, help="the speed for --every-m where there is no GPS")
+    g.add_argument(
+        "--view-depth-m",
+        type=float,
+        default=8.0,
+        metavar="M",
+        help="metres of road the view sees ahead, for the coverage figures (default: 8)",
+    )
     d = p.add_argument_group("delivery")
     d.add_argument(
         "--mqtt", metavar="URL", help="publish each event with QoS 1: mqtt://HOST[:PORT], mqtts://, mqtt://USER@HOST"

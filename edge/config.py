@@ -56,6 +56,9 @@ class EdgeConfig:
     gps_offset: float = 0.0  # seconds added to the camera's clock to reach GPS time
     gps_max_age: float = 2.0  # a position needs a fix this close in time, or it is null
     min_speed: float = 0.0  # km/h: slower frames are not classified (0: classify all)
+    every_m: float = 0.0  # classify one frame per this many metres driven (0: every frame the model can take)
+    speed_kmh: float | None = None  # the speed for --every-m where there is no GPS
+    view_depth_m: float = 8.0  # metres of road the view sees ahead: a longer gap leaves road unseen
     # delivery: each closed event goes to the outbox, then to every destination
     mqtt: str | None = None  # mqtt://HOST[:PORT] or mqtts://
     mqtt_topic: str = "potholes"  # topic prefix: PREFIX/VEHICLE/events
@@ -124,7 +127,7 @@ class EdgeConfig:
         self.region()
         if self.gps is not None and self.images is not None:
             raise UsageError("--gps needs a video, camera or stream: an image folder has no clock to match fixes to")
-        for name in ("gps_offset", "gps_max_age", "min_speed"):
+        for name in ("gps_offset", "gps_max_age", "min_speed", "every_m", "view_depth_m"):
             if not math.isfinite(getattr(self, name)):
                 raise UsageError(f"--{name.replace('_', '-')} must be a number, got {getattr(self, name)}")
         if self.gps_max_age <= 0:
@@ -139,5 +142,13 @@ class EdgeConfig:
             parse_size(self.max_storage)
         if self.outbox_max < 1 or not (math.isfinite(self.drain_timeout) and self.drain_timeout >= 0):
             raise UsageError("--outbox-max must be 1 or more and --drain-timeout 0 or more seconds")
+        if self.every_m < 0 or self.view_depth_m <= 0:
+            raise UsageError("--every-m must be 0 (off) or more metres, and --view-depth-m above 0")
+        if self.speed_kmh is not None and not (math.isfinite(self.speed_kmh) and 0 < self.speed_kmh <= 300):
+            raise UsageError(f"--speed-kmh must be above 0 and at most 300, got {self.speed_kmh}")
+        if self.every_m and self.gps is None and self.speed_kmh is None:
+            raise UsageError("--every-m needs a speed: --gps, or --speed-kmh where there is no GPS")
+        if self.every_m and self.images is not None:
+            raise UsageError("--every-m needs a clock: a video, camera or stream, not an image folder")
         if self.min_speed < 0 or (self.min_speed and self.gps is None):
             raise UsageError(f"--min-speed {self.min_speed:g} needs --gps and a speed of 0 km/h or more")

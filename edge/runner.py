@@ -18,6 +18,7 @@ from pothole_edge import view as views
 from pothole_edge.edge import parts
 from pothole_edge.edge.clips import Storage, Writer, parse_clips, parse_size
 from pothole_edge.edge.config import EdgeConfig
+from pothole_edge.edge.coverage import DistanceGate
 from pothole_edge.edge.decide import Event, EventDetector, Step
 from pothole_edge.edge.delivery import event_id
 from pothole_edge.edge.reader import Reader
@@ -133,6 +134,7 @@ class EdgeRun:
         pos, names = int(meta["positive_index"]), meta["class_names"]
         self.label_of = {True: names[pos], False: names[1 - pos]}
         self.temporal = kind != "images"
+        self.gate = DistanceGate(config.every_m, config.view_depth_m, config.speed_kmh) if config.every_m else None
         self.detector = EventDetector(self.threshold, config.votes_k_n(), config.hysteresis) if self.temporal else None
         self.locator, self.live_gps, self.gps_source = gps if gps else (None, None, None)
         self.delivery, self.vehicle = delivery if delivery else (None, None)
@@ -262,6 +264,8 @@ class EdgeRun:
         if self.config.min_speed and speed is not None and speed * 3.6 < self.config.min_speed:
             self.state["standing"] += 1  # a car standing still would see the same pothole for minutes
             return False
+        if self.gate is not None and not self.gate.take(frame.timestamp, speed):
+            return False  # the vehicle has not yet moved --every-m since the last classified frame
         t = time.perf_counter()
         tile_probs = self.runner.probs(tiles)
         t_post = time.perf_counter()
@@ -406,6 +410,7 @@ class EdgeRun:
             if self.locator is None
             else {"source": self.gps_source, "offset_s": c.gps_offset, "standing_frames": s["standing"]}
             | self.locator.summary(),
+            "coverage": self.gate.summary() if self.gate is not None else None,
             "delivery": s.get("delivery") if self.delivery is not None else None,
             "delivery_run": self.run_name if self.delivery is not None else None,
             "storage": self.writer.summary() if done else None,

@@ -727,3 +727,46 @@ def test_edge_install_says_which_extra_the_training_commands_need():
             [str(EDGE_VENV / "bin" / command), "--help"], capture_output=True, text=True, timeout=60
         )
         assert_usage_error(result, f"{command} needs the '{extra}' extra", f"pip install 'pothole-edge[{extra}]'")
+
+
+def test_distance_gate_classifies_road_not_frames():
+    from pothole_edge.edge.coverage import DistanceGate
+
+    gate = DistanceGate(every_m=4.0, view_depth_m=8.0)
+    taken = [gate.take(k / 30, 100 / 3.6) for k in range(300)]  # 10 s at 100 km/h, 30 fps
+    assert taken[0] and sum(taken) == 60  # 278 m of road, a frame every 5th: 4.63 m apart
+    report = gate.summary()
+    assert report["road_m"] == pytest.approx(276.9, abs=0.5) and report["frames_skipped"] == 240
+    assert report["gap_m_p50"] == pytest.approx(4.63, abs=0.01) and report["unseen_stretches"] == 0
+    sparse = DistanceGate(every_m=12.0, view_depth_m=8.0)
+    for k in range(300):
+        sparse.take(k / 30, 100 / 3.6)
+    gaps = sparse.summary()
+    # 13 frames of 0.93 m: 12.04 m between classified frames, 4.04 m of each gap past the view's 8 m
+    assert gaps["unseen_stretches"] == gaps["frames_classified"] - 1
+    assert gaps["unseen_longest_m"] == pytest.approx(4.04, abs=0.06)
+
+
+def test_distance_gate_takes_every_frame_when_the_speed_is_unknown():
+    from pothole_edge.edge.coverage import DistanceGate
+
+    gate = DistanceGate(every_m=4.0, view_depth_m=8.0)
+    assert all(gate.take(k / 30, None) for k in range(10))
+    assert gate.summary()["frames_without_speed"] == 9
+
+
+def test_every_m_selects_frames_by_distance_on_a_file_and_events_still_fire(model, video, tmp_path):
+    result = run(
+        EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), every_m=3.0, speed_kmh=36.0)
+    )
+    rows = lines(tmp_path / "run" / "predictions.jsonl")
+    assert [r["frame"] for r in rows] == list(range(0, sum(n for _, n in SEGMENTS), 3))  # 1 m a frame at 10 fps
+    coverage = result["coverage"]
+    assert coverage["frames_classified"] == len(rows) and coverage["gap_m_max"] == pytest.approx(3.0, abs=0.01)
+    assert coverage["road_m"] == pytest.approx(sum(n for _, n in SEGMENTS) - 1, abs=0.01)
+    assert result["events"] == 2  # 5 and 4 classified frames of the two bright stretches: 2 of 3 votes each
+    again = run(
+        EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "again"), every_m=3.0, speed_kmh=36.0)
+    )
+    assert [r["frame"] for r in lines(tmp_path / "again" / "predictions.jsonl")] == [r["frame"] for r in rows]
+    assert again["coverage"] == coverage

@@ -427,6 +427,8 @@ def test_bad_lines_and_values_in_a_run_cost_themselves_alone(tmp_path):
         (["--gps", "serial:/dev/ttyX@fast"], "serial:DEVICE@BAUD"),
         (["--gps", "gpsd:h:notaport"], "gpsd:HOST:PORT"),
         (["--votes", "3/2"], "--votes"),
+        (["--every-m", "4"], "--every-m needs a speed"),
+        (["--every-m", "4", "--speed-kmh", "-5"], "--speed-kmh"),
     ],
 )
 def test_bad_fleet_flags_are_one_line(flags, words, tmp_path):

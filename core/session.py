@@ -25,28 +25,99 @@ DEVICES = ("auto", *PROVIDERS)
 PRECISIONS = ("fp32", "fp16")
 
 
-def trt_cache_dir(model_path: Path, meta: dict[str, Any], precision: str) -> Path:
-    """Engines built from other weights, another variant or another precision never share a folder.
+@dataclass(frozen=True)
+class Variant:
+    """What an exported variant is for: the providers that may run it, and how TensorRT must take it."""
+
+    devices: tuple[str, ...]  # in PROVIDERS' order of preference
+    trt_int8: bool = False  # TensorRT runs its QDQ nodes as explicit INT8
+
+
+# The one table of variants, read by the session factory (edge-run, pt-bench, pt-eval) and the export's gates.
+# The CPU's INT8 has unsigned, asymmetric activations that TensorRT cannot run as INT8: it is never offered to
+# TensorRT; int8-trt is the model made for it.
+VARIANTS = {
+    "fp32": Variant(("tensorrt", "cuda", "cpu")),
+    "fp16": Variant(("tensorrt", "cuda", "cpu")),
+    "int8": Variant(("cuda", "cpu")),
+    "int8-trt": Variant(("tensorrt", "cuda", "cpu"), trt_int8=True),
+}
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """ "cuda:1" -> ("cuda", 1); "auto" and "cpu" take no index."""
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES or (index and (kind in ("auto", "cpu") or not index.isdigit())):
+        raise UsageError(
+            f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}, or cuda:N / tensorrt:N for GPU N"
+        )
+    return kind, int(index or 0)
+
+
+def variant_of(meta: dict[str, Any]) -> Variant:
+    return VARIANTS.get(str(meta.get("variant", "fp32")), VARIANTS["fp32"])
+
+
+def trt_cache_root() -> Path:
+    """A writable per-user folder: the model's own folder may be read-only on a vehicle."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pothole-edge" / "tensorrt"
+
+
+def trt_cache_dir(
+    model_path: Path,
+    meta: dict[str, Any],
+    precision: str,
+    opt_batch: int = 1,
+    max_batch: int = 32,
+    root: Path | None = None,
+) -> Path:
+    """Engines built from other weights, another variant, precision, profile or TensorRT never share a folder.
 
     TensorRT's own cache key covers the graph's shape, not its weights, so a re-exported model.onnx
-    would otherwise run the old engine and the old weights.
+    would otherwise run the old engine and the old weights; and whichever tool built first would decide the
+    profile for the others.
     """
     sha = str(meta.get("checkpoint_sha256") or "unknown")[:16]
-    return model_path.resolve().parent / ".trt-cache" / f"{sha}-{meta.get('variant', 'fp32')}-{precision}"
+    key = f"{sha}-{meta.get('variant', 'fp32')}-{precision}-b{opt_batch}of{max_batch}-trt{_trt_version()}"
+    return (root or trt_cache_root()) / key
 
 
-def _trt_options(model_path: Path, meta: dict[str, Any], precision: str, max_batch: int) -> dict[str, Any]:
+def _trt_version() -> str:
+    try:
+        import tensorrt  # noqa: F401 - only its version
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        return "none"  # onnxruntime's TensorRT provider brings its own libraries
+
+
+def _trt_options(
+    model_path: Path,
+    meta: dict[str, Any],
+    precision: str,
+    opt_batch: int,
+    max_batch: int,
+    device_id: int,
+    cache_root: Path | None,
+) -> dict[str, Any]:
     crop, name = meta["preprocess"]["crop"], meta["input"].get("name", "image")
     shape = f"{crop}x{crop}x3"
+    cache = trt_cache_dir(model_path, meta, precision, opt_batch, max_batch, cache_root)
     return {
+        "device_id": device_id,
         "trt_fp16_enable": precision == "fp16",
-        # QDQ models carry their own scales: TensorRT runs them as explicit INT8
-        "trt_int8_enable": meta.get("variant") == "int8",
+        # the QDQ model made for TensorRT carries its own scales: explicit INT8
+        "trt_int8_enable": variant_of(meta).trt_int8,
         "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(trt_cache_dir(model_path, meta, precision)),
-        # one engine for every batch size up to max_batch instead of a rebuild per shape
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache.parent),  # shared by every engine: timings are per GPU, not per model
+        # one engine for every batch size up to max_batch, tuned for the batch it will see most: one frame's tiles
         "trt_profile_min_shapes": f"{name}:1x{shape}",
-        "trt_profile_opt_shapes": f"{name}:{max_batch}x{shape}",
+        "trt_profile_opt_shapes": f"{name}:{opt_batch}x{shape}",
         "trt_profile_max_shapes": f"{name}:{max_batch}x{shape}",
     }
 
@@ -58,18 +129,33 @@ def provider_list(
     meta: dict[str, Any],
     precision: str = "fp32",
     max_batch: int = 32,
+    opt_batch: int | None = None,
+    cache_root: Path | None = None,
 ) -> list[Any]:
-    """The providers to ask for, in order; GPU providers hand what they cannot run to the next."""
-    if device not in DEVICES:
-        raise UsageError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
-    order = list(PROVIDERS) if device == "auto" else list(PROVIDERS)[list(PROVIDERS).index(device) :]
+    """The providers to ask for, in order; GPU providers hand what they cannot run to the next. Only the
+    providers the model's variant is made for are offered."""
+    kind, device_id = parse_device(device)
+    variant = variant_of(meta)
+    if kind not in ("auto", "cpu") and kind not in variant.devices:
+        raise UsageError(
+            f"--device {device}: the {meta.get('variant')} model is not made for {PROVIDERS[kind]}; "
+            + (
+                "for TensorRT use model.int8-trt.onnx (pt-export --int8-trt)"
+                if kind == "tensorrt"
+                else "use --device cpu"
+            )
+        )
+    order = list(PROVIDERS) if kind == "auto" else list(PROVIDERS)[list(PROVIDERS).index(kind) :]
     chosen: list[Any] = []
     for d in order:
         name = PROVIDERS[d]
-        if name not in available:
+        if name not in available or d not in variant.devices:
             continue
         if d == "tensorrt":
-            chosen.append((name, _trt_options(model_path, meta, precision, max_batch)))
+            batch = min(opt_batch or max_batch, max_batch)
+            chosen.append((name, _trt_options(model_path, meta, precision, batch, max_batch, device_id, cache_root)))
+        elif d == "cuda":
+            chosen.append((name, {"device_id": device_id}))
         else:
             chosen.append(name)
     return chosen
@@ -114,8 +200,11 @@ def open_session(
     threads: int | None = None,
     allow_cpu_fallback: bool = False,
     max_batch: int = 32,
+    opt_batch: int | None = None,
+    trt_cache: str | Path | None = None,
 ) -> Session:
-    """Open `model` (a file or a run directory) on `device`.
+    """Open `model` (a file or a run directory) on `device` ("cuda:1" for the second GPU). TensorRT's profile
+    is tuned for `opt_batch` (a frame's tiles) up to `max_batch`; its engines go under `trt_cache`.
 
     A GPU named on purpose ("cuda", "tensorrt") that cannot start is a UsageError unless
     `allow_cpu_fallback`; "auto" takes the best that starts. With a GPU named and no fallback,
@@ -128,14 +217,20 @@ def open_session(
     path = metadata.resolve_model_path(model)
     meta = metadata.read(path)
     available = ort.get_available_providers()
-    named_gpu = device not in ("auto", "cpu")
-    if device in PROVIDERS and PROVIDERS[device] not in available and not allow_cpu_fallback:
+    kind, _ = parse_device(device)
+    named_gpu = kind not in ("auto", "cpu")
+    if kind in PROVIDERS and PROVIDERS[kind] not in available and not allow_cpu_fallback:
         raise UsageError(
-            f"--device {device} needs {PROVIDERS[device]}, which this onnxruntime lacks (it has "
+            f"--device {device} needs {PROVIDERS[kind]}, which this onnxruntime lacks (it has "
             f"{', '.join(available)}); "
             "install onnxruntime-gpu (pip install '.[edge-gpu]'), or pass --device cpu or --allow-cpu-fallback"
         )
-    providers = provider_list(device, available, path, meta, precision, max_batch)
+    cache_root = Path(trt_cache) if trt_cache else None
+    if opt_batch is None:
+        from pothole_edge.view import tile_count
+
+        opt_batch = tile_count(meta["view"])
+    providers = provider_list(device, available, path, meta, precision, max_batch, opt_batch, cache_root)
     if not providers:
         providers = [PROVIDERS["cpu"]]
     options = ort.SessionOptions()
@@ -159,7 +254,7 @@ def open_session(
         )
         raise UsageError(f"onnxruntime cannot load {path} on {device}: {str(e).splitlines()[0][:200]}{hint}") from None
     used = session.get_providers()
-    if named_gpu and used[0] != PROVIDERS[device] and not allow_cpu_fallback:
+    if named_gpu and used[0] != PROVIDERS[kind] and not allow_cpu_fallback:
         # onnxruntime falls back silently when CUDA or TensorRT libraries fail to load
         raise UsageError(
             f"--device {device} was asked for but onnxruntime started {used[0]} (its log names the missing library); "
@@ -167,9 +262,11 @@ def open_session(
         )
     metadata.check_graph(meta, session, str(path))
     counts = _node_counts(session)
-    opts = {"threads": options.intra_op_num_threads, "precision": precision, "device_asked": device}
+    opts: dict[str, Any] = {"threads": options.intra_op_num_threads, "device_asked": device}
     if used[0] == PROVIDERS["tensorrt"]:
-        opts["trt_cache"] = str(trt_cache_dir(path, meta, precision))
+        # --precision applies to TensorRT alone: CUDA and the CPU run the graph's own types
+        trt = dict(providers[0][1])
+        opts |= {"precision": precision, "trt_cache": trt["trt_engine_cache_path"]}
     return Session(session, meta, str(path), used[0], list(used), counts, opts)
 
 

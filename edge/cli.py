@@ -13,7 +13,7 @@ from pothole_edge.cli import setup_logging
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.errors import DiskFull, UsageError
 from pothole_edge.redact import redact
-from pothole_edge.session import DEVICES, PRECISIONS
+from pothole_edge.session import PRECISIONS
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,10 +41,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: runs/edge/<date-time>)")
     p.add_argument(
         "--device",
-        choices=DEVICES,
         default="auto",
-        help="execution provider; auto tries TensorRT, CUDA, then CPU (default: auto)",
+        help="execution provider: auto, tensorrt, cuda or cpu; tensorrt:N and cuda:N for GPU N; auto tries "
+        "TensorRT, CUDA, then CPU, as the model's variant allows (default: auto)",
     )
+    p.add_argument("--trt-cache", metavar="DIR", help="TensorRT engine cache (default: ~/.cache/pothole-edge/tensorrt)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="TensorRT build precision (default: fp32)")
     p.add_argument(
         "--allow-cpu-fallback", action="store_true", help="run on the CPU when the --device asked for is unusable"

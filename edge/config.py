@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from pothole_edge.errors import UsageError
-from pothole_edge.session import DEVICES, PRECISIONS
+from pothole_edge.session import PRECISIONS, parse_device
 from pothole_edge.spec import check_region
 
 SOURCES = ("camera", "video", "stream", "images")
@@ -42,6 +42,7 @@ class EdgeConfig:
     threads: int | None = None  # None: every core but one
     threshold: float | None = None  # None: the model metadata's threshold
     roi: str | None = None  # x0,y0,x1,y1 fractions; None: the model's view region
+    trt_cache: str | None = None  # TensorRT engine cache folder; None: the per-user cache
     votes: str = "2/3"  # K/N: an event opens when K of the last N classified frames reach the threshold
     hysteresis: float = 0.3  # an event ends below threshold * (1 - hysteresis)
     stride: int = 1  # files: process every Nth frame
@@ -107,8 +108,7 @@ class EdgeConfig:
         check_topic_part("--mqtt-topic", self.mqtt_topic, levels=True)
         if self.vehicle_id is not None:
             check_topic_part("--vehicle-id", self.vehicle_id)
-        if self.device not in DEVICES:
-            raise UsageError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        parse_device(self.device)
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown --precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.stride < 1:

@@ -81,7 +81,13 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
     kind, value = config.source()
     threads = parts.threads(config)
     session = open_session(
-        config.model, config.device, config.precision, threads, config.allow_cpu_fallback, max_batch=64
+        config.model,
+        config.device,
+        config.precision,
+        threads,
+        config.allow_cpu_fallback,
+        max_batch=64,
+        trt_cache=config.trt_cache,
     )
     if str(session.path) != str(config.model):
         log.info("model: %s", session.path)
@@ -388,7 +394,7 @@ class EdgeRun:
             "providers": self.session.providers,
             "providers_available": ort.get_available_providers(),
             "nodes_per_provider": self.session.node_counts,
-            "precision": c.precision,
+            "precision": self.session.options.get("precision"),  # TensorRT's build precision; None elsewhere
             "trt_cache": self.session.options.get("trt_cache"),
             "threads": c.threads,
             "threshold": self.threshold,

@@ -161,29 +161,58 @@ class FakeSession:
         return list(type(self).gives)
 
 
-def test_tensorrt_options_precision_profile_and_a_cache_keyed_on_the_weights(tmp_path):
+def test_tensorrt_options_precision_profile_and_a_cache_keyed_on_the_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     meta = _spec(crop=224, resize=256) | {"input": {"name": "image"}, "checkpoint_sha256": "a" * 64, "variant": "fp32"}
     available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    chosen = sessions.provider_list("tensorrt", available, tmp_path / "model.onnx", meta, "fp16", max_batch=8)
+    model = tmp_path / "ro" / "model.onnx"  # the model's folder may be read-only: the cache is elsewhere
+    chosen = sessions.provider_list("tensorrt", available, model, meta, "fp16", max_batch=8, opt_batch=7)
     (name, trt), cuda, cpu = chosen
-    assert (name, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-    assert trt["trt_fp16_enable"] is True and trt["trt_int8_enable"] is False
+    assert (name, cuda, cpu) == (
+        "TensorrtExecutionProvider",
+        ("CUDAExecutionProvider", {"device_id": 0}),
+        "CPUExecutionProvider",
+    )
+    assert trt["trt_fp16_enable"] is True and trt["trt_int8_enable"] is False and trt["device_id"] == 0
     assert trt["trt_profile_max_shapes"] == "image:8x224x224x3" and trt["trt_profile_min_shapes"] == "image:1x224x224x3"
-    fp32 = sessions.provider_list("tensorrt", available, tmp_path / "model.onnx", meta, "fp32")[0][1]
+    assert trt["trt_profile_opt_shapes"] == "image:7x224x224x3"  # one frame's tiles, the batch it sees most
+    assert trt["trt_engine_cache_path"].startswith(str(tmp_path / "cache" / "pothole-edge" / "tensorrt"))
+    assert trt["trt_timing_cache_enable"] is True
+    fp32 = sessions.provider_list("tensorrt", available, model, meta, "fp32", max_batch=8, opt_batch=7)[0][1]
     assert fp32["trt_fp16_enable"] is False and fp32["trt_engine_cache_path"] != trt["trt_engine_cache_path"]
     other = sessions.provider_list(
-        "tensorrt", available, tmp_path / "model.onnx", meta | {"checkpoint_sha256": "b" * 64}, "fp16"
+        "tensorrt", available, model, meta | {"checkpoint_sha256": "b" * 64}, "fp16", max_batch=8, opt_batch=7
     )[0][1]
     assert other["trt_engine_cache_path"] != trt["trt_engine_cache_path"]  # re-exported weights never reuse an engine
-    int8 = sessions.provider_list(
-        "tensorrt", available, tmp_path / "model.int8-trt.onnx", meta | {"variant": "int8-trt"}, "fp32"
+    bench = sessions.provider_list("tensorrt", available, model, meta, "fp16", max_batch=32, opt_batch=7)[0][1]
+    assert bench["trt_engine_cache_path"] != trt["trt_engine_cache_path"]  # another profile, another engine
+    moved = sessions.provider_list(
+        "tensorrt", available, model, meta, "fp16", max_batch=8, opt_batch=7, cache_root=tmp_path / "mine"
     )[0][1]
-    assert int8["trt_engine_cache_path"] != fp32["trt_engine_cache_path"]
-    assert sessions.provider_list("cuda", available, tmp_path / "m.onnx", meta) == [
-        "CUDAExecutionProvider",
+    assert moved["trt_engine_cache_path"].startswith(str(tmp_path / "mine"))
+    assert sessions.provider_list("cuda", available, model, meta) == [
+        ("CUDAExecutionProvider", {"device_id": 0}),
         "CPUExecutionProvider",
     ]
-    assert sessions.provider_list("cpu", available, tmp_path / "m.onnx", meta) == ["CPUExecutionProvider"]
+    assert sessions.provider_list("cpu", available, model, meta) == ["CPUExecutionProvider"]
+    second = sessions.provider_list("tensorrt:1", available, model, meta)
+    assert second[0][1]["device_id"] == 1 and second[1] == ("CUDAExecutionProvider", {"device_id": 1})
+    with pytest.raises(UsageError, match="cuda:N / tensorrt:N"):
+        sessions.provider_list("cuda:x", available, model, meta)
+
+
+def test_int8_goes_to_tensorrt_only_as_the_model_made_for_it(tmp_path):
+    meta = _spec(crop=224, resize=256) | {"input": {"name": "image"}, "checkpoint_sha256": "a" * 64}
+    available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt_model = sessions.provider_list("tensorrt", available, tmp_path / "m.onnx", meta | {"variant": "int8-trt"})
+    assert trt_model[0][0] == "TensorrtExecutionProvider" and trt_model[0][1]["trt_int8_enable"] is True
+    cpu_model = meta | {"variant": "int8"}
+    auto = sessions.provider_list("auto", available, tmp_path / "m.onnx", cpu_model)
+    assert auto == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]  # never offered to TensorRT
+    with pytest.raises(UsageError, match="not made for TensorrtExecutionProvider; for TensorRT use model.int8-trt"):
+        sessions.provider_list("tensorrt", available, tmp_path / "m.onnx", cpu_model)
+    assert set(sessions.VARIANTS) == {"fp32", "fp16", "int8", "int8-trt"}
+    assert [v for v, d in sessions.VARIANTS.items() if d.trt_int8] == ["int8-trt"]
 
 
 def test_a_gpu_named_on_purpose_never_quietly_means_cpu(tmp_path, monkeypatch):

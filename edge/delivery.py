@@ -16,23 +16,22 @@ import os
 import ssl
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 from pothole_edge.edge.outbox import Outbox
 from pothole_edge.errors import UsageError
+from pothole_edge.messages import message_id
 from pothole_edge.redact import redact
 
 log = logging.getLogger("edge")
-NAMESPACE = uuid.UUID("9b3f3c2e-7d1a-4c55-9a60-2b1f0e6d8a41")  # pothole-edge events
 SIGNATURE_HEADER = "X-Pothole-Signature"
 
 
 def event_id(vehicle: str, run: str, event: int) -> str:
     """Globally unique and the same on every retry: derived from the vehicle, the run and the event's number."""
-    return str(uuid.uuid5(NAMESPACE, f"{vehicle}/{run}/{event}"))
+    return message_id(vehicle, run, event)
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -67,7 +66,7 @@ class Mqtt:
         if ca_file is not None and not os.path.isfile(ca_file):
             raise UsageError(f"--mqtt-ca {ca_file} is not a file; give the broker's CA certificate (PEM)")
         self.name = f"mqtt {u.hostname}:{port or (8883 if u.scheme == 'mqtts' else 1883)}"
-        self.topic = f"{prefix.strip('/')}/{vehicle}/events"
+        self.topics = {kind: f"{prefix.strip('/')}/{vehicle}/{kind}s" for kind in ("event", "track")}
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"pothole-edge-{vehicle}-{os.getpid()}", clean_session=True
         )
@@ -82,7 +81,8 @@ class Mqtt:
     def send(self, payload: dict[str, Any]) -> None:
         if not self.client.is_connected():
             raise SendError("not connected")
-        info = self.client.publish(self.topic, json.dumps(payload, separators=(",", ":")), qos=1)
+        topic = self.topics[payload.get("kind", "event")]  # PREFIX/VEHICLE/events or PREFIX/VEHICLE/tracks
+        info = self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1)
         try:
             info.wait_for_publish(timeout=5)
         except (RuntimeError, ValueError) as e:

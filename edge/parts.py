@@ -18,6 +18,7 @@ from pothole_edge.edge.gps import LiveGps, Locator, mp4_creation_time, open_gps,
 from pothole_edge.edge.outbox import Outbox
 from pothole_edge.edge.outbox import default_path as default_outbox
 from pothole_edge.errors import UsageError
+from pothole_edge.messages import SCHEMA_VERSION
 from pothole_edge.system import default_threads, usable_cores
 
 log = logging.getLogger("edge")
@@ -80,6 +81,8 @@ def message(
     --attach-snapshot the sender puts its bytes in when it sends (the writer thread may still be saving it)."""
     where = event.peak_position
     return {
+        "kind": "event",
+        "schema_version": SCHEMA_VERSION,
         "event_id": event_id(vehicle, run_name, event.id),
         "vehicle": vehicle,
         "run": run_name,

@@ -24,6 +24,7 @@ from pothole_edge.edge.delivery import event_id
 from pothole_edge.edge.reader import Reader
 from pothole_edge.edge.record import Recorder, StageTimes, claim_out
 from pothole_edge.edge.sources import Frame, open_source
+from pothole_edge.edge.tracks import TrackChunks
 from pothole_edge.edge.video import Annotator
 from pothole_edge.errors import DiskFull
 from pothole_edge.fileio import next_free, write_json
@@ -162,6 +163,10 @@ class EdgeRun:
             "started": time.time(),
         }
         self.run_name = f"{recorder.out.name}@{_iso(self.state['started'])}"
+        # the road driven goes to the office too, so it can tell "passed and saw nothing" from "never passed"
+        self.tracks = (
+            TrackChunks(self.vehicle, self.run_name) if self.delivery is not None and self.locator is not None else None
+        )
         self.first = self.last = time.perf_counter()
         self.example: np.ndarray | None = None
 
@@ -266,6 +271,8 @@ class EdgeRun:
     def frame(self, frame: Frame, tiles: np.ndarray, boxes: np.ndarray, pre_ms: float) -> bool:
         """Classify one frame and record it; False when it was skipped (the vehicle stood still)."""
         where = self.locator.at(frame.timestamp) if self.locator is not None else None
+        if self.tracks is not None and (chunk := self.tracks.add(where)) is not None:
+            self.delivery.queue(chunk["id"], chunk)
         speed = where and where["speed_mps"]
         if self.config.min_speed and speed is not None and speed * 3.6 < self.config.min_speed:
             self.state["standing"] += 1  # a car standing still would see the same pothole for minutes
@@ -361,6 +368,9 @@ class EdgeRun:
         self.writer.close()
         if self.example is not None and self.state["status"] == "finished":
             self.state["model_only_fps"] = round(model_only_fps(self.runner, self.example), 3)
+        if self.tracks is not None:
+            last = self.tracks.finish()
+            self.delivery.queue(last["id"], last)
         if self.delivery is not None:
             self.state["delivery"] = self.delivery.finish(self.config.drain_timeout)
             self.delivery.close()

@@ -421,3 +421,61 @@ def test_the_storage_cap_removes_delivered_events_oldest_first_and_keeps_undeliv
     )
     assert dead["storage"]["removed_for_space"] == [] and dead["storage"]["skipped_for_space"] > 0
     assert dead["delivery"][0]["pending"] == 6
+
+
+def test_a_van_sends_the_track_it_drove_in_chunks_beside_its_events(tmp_path, monkeypatch):
+    from pothole_edge import messages
+    from pothole_edge.edge import tracks
+    from pothole_edge.edge.config import EdgeConfig
+    from pothole_edge.edge.gps import distance_m
+    from pothole_edge.edge.runner import run
+    from tests import drive
+    from tests.test_edge import brightness_model
+
+    monkeypatch.setattr(tracks, "CHUNK_S", 5.0)  # a chunk per 5 s of GPS time instead of a minute
+    got: list[dict] = []
+
+    class Office(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Office)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        video = drive.write_video(tmp_path / "drive.mp4", 20, [5.0, 15.0])
+        track = drive.write_gpx(tmp_path / "drive.gpx", 20)
+        run(
+            EdgeConfig(
+                model=str(brightness_model(tmp_path / "m.onnx")),
+                video=str(video),
+                out=str(tmp_path / "run"),
+                gps=str(track),
+                video_start=drive.START.isoformat(),
+                webhook=f"http://127.0.0.1:{server.server_port}/ingest",
+                vehicle_id="van-7",
+                outbox=str(tmp_path / "outbox.sqlite"),
+                drain_timeout=30,
+            )
+        )
+    finally:
+        server.shutdown()
+    kinds = [messages.check(m) for m in got]  # what the office will check, it accepts
+    chunks = sorted((m for m in got if m["kind"] == "track"), key=lambda m: m["chunk"])
+    assert kinds.count("event") == 2 and len(chunks) >= 4
+    assert [c["chunk"] for c in chunks] == list(range(1, len(chunks) + 1)) and len({c["id"] for c in chunks}) == len(
+        chunks
+    )
+    assert [c["final"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    points = [p for c in chunks for p in c["points"]]
+    assert all(c["points"][0] == prev["points"][-1] for prev, c in zip(chunks, chunks[1:]) if c["points"])
+    steps = [distance_m(a[1], a[2], b[1], b[2]) for a, b in zip(points, points[1:]) if a != b]
+    assert min(steps) >= 3.0 and points[-1][0] - points[0][0] > 15  # thinned, and the whole drive
+    assert {m["schema_version"] for m in got} == {messages.SCHEMA_VERSION}
+    with pytest.raises(messages.MessageError, match="points"):
+        messages.check(chunks[0] | {"points": [[0, 999, 0]]})

@@ -58,15 +58,17 @@ def is_out_of_memory(error: BaseException) -> bool:
 def throughput(
     run_batch: Callable[[int], Any], batch_sizes: tuple[int, ...], reps: int, budget_s: float
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Images per second at each batch size: one untimed run, then `reps` timed ones.
+    """Images per second at each batch size: a warm-up run, one untimed run, then `reps` timed ones.
 
-    The sweep stops at the first batch size whose untimed run fails for lack of memory (host or
-    device, from PyTorch or ONNX Runtime) or takes longer than `budget_s`; the reason is returned
-    with the rows measured before it. Any other error is a bug and propagates.
+    The warm-up is where a compiled backend (torch.compile, TensorRT) builds its kernels for a new shape; it
+    counts against nothing. The sweep stops at the first batch size whose runs fail for lack of memory (host or
+    device, from PyTorch or ONNX Runtime) or whose untimed run takes longer than `budget_s`; the reason is
+    returned with the rows measured before it. Any other error is a bug and propagates.
     """
     rows: list[dict[str, Any]] = []
     for batch in sorted(batch_sizes):
         try:
+            run_batch(batch)
             first_ms = timed_ms(lambda b=batch: run_batch(b))
         except Exception as e:
             if not is_out_of_memory(e):

@@ -172,6 +172,19 @@ def test_throughput_sweep_stops_at_the_budget():
     assert [r["batch"] for r in rows] == [1, 2] and "batch 64" in stopped and "budget" in stopped
 
 
+def test_throughput_sweep_warms_each_batch_size_before_the_budget_counts():
+    compiled: set[int] = set()
+
+    def run_batch(b: int) -> None:
+        if b not in compiled:  # the first call at a new shape compiles, as torch.compile does
+            compiled.add(b)
+            time.sleep(0.5)
+        time.sleep(0.001 * b)
+
+    rows, stopped = throughput(run_batch, (1, 2, 4), reps=1, budget_s=0.3)
+    assert [r["batch"] for r in rows] == [1, 2, 4] and stopped is None
+
+
 def test_bad_inputs(exported, tmp_path):
     assert_usage_error(run("pt-bench", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), "not a run directory")
     bare = tmp_path / "bare"

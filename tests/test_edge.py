@@ -171,9 +171,7 @@ def test_video_gives_one_event_per_bright_segment(model, video, tmp_path):
 
 
 def test_stride_and_threshold_flags(model, video, tmp_path):
-    result = run(
-        EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), stride=3, threshold=0.99995)
-    )
+    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), stride=3, threshold=0.99995))
     rows = lines(tmp_path / "run" / "predictions.jsonl")
     assert [r["frame"] for r in rows] == list(range(0, sum(n for _, n in SEGMENTS), 3))
     # bright frames score 0.99998: the rule counts frames at or above the threshold, so even this one, which an
@@ -756,9 +754,7 @@ def test_distance_gate_takes_every_frame_when_the_speed_is_unknown():
 
 
 def test_every_m_selects_frames_by_distance_on_a_file_and_events_still_fire(model, video, tmp_path):
-    result = run(
-        EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), every_m=3.0, speed_kmh=36.0)
-    )
+    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), every_m=3.0, speed_kmh=36.0))
     rows = lines(tmp_path / "run" / "predictions.jsonl")
     assert [r["frame"] for r in rows] == list(range(0, sum(n for _, n in SEGMENTS), 3))  # 1 m a frame at 10 fps
     coverage = result["coverage"]

@@ -312,3 +312,43 @@ def test_tile_draws_keep_the_box_in_view_and_clear_tiles_off_every_box():
     many = [Sample(0, f"{i}.jpg", i % 2, f"h{i}", "train", "", ()) for i in range(400)]
     frames = [d for d in plan_epoch(many, 0, 0, "boxes", False, {}) if d.mode == "frame"]
     assert 150 < len(frames) < 250 and all(d.label == many[d.index].label for d in frames)
+
+
+def _rank_with_a_lost_batch(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from pothole_edge.train.distributed import Context
+    from pothole_edge.train.engine import train_one_epoch
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))
+    batch = (torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]), None)
+    # rank 1 lost its second batch: every one of its files became unreadable after the scan
+    loader = [(batch, 0), (None if rank == 1 else batch, 4 if rank == 1 else 0), (batch, 0)]
+    optimizer = torch.optim.SGD(model.parameters(), 0.1)
+    ctx = Context(rank, 2, torch.device("cpu"))
+    loss, _, skipped = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, ctx, None, False, "t")
+    weights = model.module[1].weight.detach().clone()
+    dist.destroy_process_group()
+    torch.save({"loss": loss, "skipped": skipped, "weights": weights}, f"{out}/rank{rank}.pt")
+
+
+def test_a_rank_without_a_batch_never_leaves_the_others_waiting(tmp_path):
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    init = f"file://{tmp_path / 'store'}"
+    ranks = [context.Process(target=_rank_with_a_lost_batch, args=(r, init, str(tmp_path))) for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+    hung = [p for p in ranks if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung, "DDP hung: a rank skipped its step alone"
+    assert [p.exitcode for p in ranks] == [0, 0]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert torch.equal(r0["weights"], r1["weights"])  # the same steps on both ranks
+    assert (r0["skipped"], r1["skipped"]) == (4, 4)  # the step was skipped by both, and counted

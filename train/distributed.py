@@ -82,6 +82,16 @@ def all_sum(ctx: Context, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def every_rank_has(ctx: Context, present: bool) -> bool:
+    """Whether every rank has a batch for this step. DDP's backward all-reduces across ranks: a rank that
+    skipped its step alone would leave the others waiting forever, so a step is skipped by all or by none."""
+    if not ctx.distributed:
+        return present
+    flag = torch.tensor([1.0 if present else 0.0], device=ctx.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def on_main(ctx: Context, fn: Callable[[], Any]) -> Any:
     """Run `fn` on rank 0 alone; a UsageError there reaches every rank, so none waits at a barrier forever."""
     error, result = None, None

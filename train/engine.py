@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from pothole_edge import view as views
 from pothole_edge.progress import progress
-from pothole_edge.train.distributed import Context, all_sum, gather
+from pothole_edge.train.distributed import Context, all_sum, every_rank_has, gather
 
 
 @dataclass
@@ -65,11 +65,14 @@ def train_one_epoch(
 ) -> tuple[float, float, int]:
     """The epoch's mean tile loss and accuracy over every rank's batches, and the tiles it skipped."""
     model.train()
-    loss_sum = correct = seen = 0.0
-    skipped = 0
+    # sums stay on the device: reading a loss back every step would stall a GPU's queue
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    seen, skipped = 0, 0
     for batch, dropped in progress(loader, total=len(loader), desc=desc, unit="batch") if ctx.is_main else loader:
         skipped += dropped
-        if batch is None:
+        if not every_rank_has(ctx, batch is not None):
+            skipped += 0 if batch is None else len(batch[1])  # another rank's batch was unreadable: all skip
             continue
         tiles, labels, _ = batch
         tiles, labels = tiles.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
@@ -85,10 +88,10 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         n = labels.numel()
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == labels).sum().item()
+        loss_sum += loss.detach().double() * n
+        correct += (logits.argmax(1) == labels).sum()
         seen += n
-    loss_sum, correct, seen = all_sum(ctx, [loss_sum, correct, seen])
+    loss_sum, correct, seen = all_sum(ctx, [loss_sum.item(), correct.item(), seen])
     return loss_sum / max(seen, 1), correct / max(seen, 1), skipped
 
 

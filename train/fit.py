@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import random
 import time
@@ -130,6 +131,7 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
     net = normalized(bare, spec["preprocess"]).to(ctx.device)
     if ctx.device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # tiles have one shape: the fastest kernels are found once
     model = (
         torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
@@ -188,7 +190,8 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
             if ctx.distributed
             else None
         )
-        per_rank = len(tiles) // ctx.world_size
+        # DistributedSampler pads every rank to the same count, rounding up
+        per_rank = math.ceil(len(tiles) / ctx.world_size)
         loader = make_loader(
             tiles,
             config.batch_size,

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from pothole_edge.cli import run as run_command
 from pothole_edge.cli import setup_logging
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.errors import DiskFull, UsageError
@@ -268,7 +269,7 @@ def clip_main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     from pothole_edge.edge import clip
 
-    try:
+    def go() -> None:
         if args.command == "render":
             photos = clip.labelled_photos(args.images, args.manifest, args.subset, args.source, args.label)
             path = clip.render(
@@ -277,9 +278,9 @@ def clip_main(argv: list[str] | None = None) -> None:
             print(f"wrote {path} and {clip.labels_path(path)} from {len(photos)} photos")
         else:
             print(json.dumps(clip.score(args.run_dir, args.labels), indent=2))
-    except UsageError as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
-        sys.exit(2)
+
+    # the same handling as every other command: a usage error, a full disk and Ctrl-C are one line each
+    run_command(go)
 
 
 def map_main(argv: list[str] | None = None) -> None:
@@ -312,19 +313,13 @@ def map_main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--service-code", default="pothole", help="the Open311 service code (default: pothole)")
     args = p.parse_args(argv)
-    setup_logging()
-    try:
-        build(
-            MapConfig(
-                runs=tuple(args.runs),
-                out=args.out,
-                db=args.db,
-                db_password_env=args.db_password_env,
-                radius=args.radius,
-                repaired_after=args.repaired_after,
-                service_code=args.service_code,
-            )
-        )
-    except UsageError as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
-        sys.exit(2)
+    config = MapConfig(
+        runs=tuple(args.runs),
+        out=args.out,
+        db=args.db,
+        db_password_env=args.db_password_env,
+        radius=args.radius,
+        repaired_after=args.repaired_after,
+        service_code=args.service_code,
+    )
+    run_command(lambda: build(config))

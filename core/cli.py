@@ -130,8 +130,8 @@ def launch(name: str) -> None:
     missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if missing:
         fail(
-            f"{name} needs the '{extra}' extra ({', '.join(missing)} missing here); install it with pip install "
-            f"'pothole-edge[{extra}]'"
+            f"{name} needs the '{extra}' extra ({', '.join(missing)} missing here); install it with "
+            f"pip install '.[{extra}]' in a clone, or pip install 'pothole-edge[{extra}]'"
         )
     getattr(importlib.import_module(module), function)()
 

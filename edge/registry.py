@@ -301,7 +301,7 @@ def engine_for(url: str | None, out: Path, password_env: str | None = None) -> A
         raise UsageError(
             f"--db {redact(text)}: {redact(str(e).splitlines()[0][:160])}; give an SQLAlchemy URL such as "
             "sqlite:///potholes.sqlite or postgresql://user@host/db, with the password in $POTHOLE_EDGE_DB_PASSWORD "
-            "(pip install 'pothole-edge[fleet]')"
+            "(pip install '.[fleet]' in a clone)"
         ) from None
 
 

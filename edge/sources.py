@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -267,13 +268,25 @@ def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
 
 
+def camera_missing(index: int) -> bool:
+    """On Linux a camera that is not plugged in has no device node."""
+    return sys.platform.startswith("linux") and not Path(f"/dev/video{index}").exists()
+
+
 def open_source(kind: str, value: Any, stride: int = 1, reconnect_timeout: float = 30.0) -> Any:
     if kind == "video":
         return VideoFile(value, stride)
     if kind == "images":
         return ImageFolder(value, stride)
     if kind == "camera":
-        return LiveSource(int(value), reconnect_timeout)
+        index = int(value)
+        # say so now, not after the reconnect timeout
+        if camera_missing(index):
+            raise UsageError(
+                f"camera {index}: /dev/video{index} does not exist; plug the camera in, check the index "
+                "(v4l2-ctl --list-devices) or pass another --camera"
+            )
+        return LiveSource(index, reconnect_timeout)
     if kind == "stream":
         if not str(value).startswith(STREAM_SCHEMES):
             raise UsageError(

@@ -129,4 +129,5 @@ def _score(
     log.info("%s (%d frames):\n%s", folder.roots[0], metrics["n"], format_metrics(metrics))
     if metrics["roc_auc"] is None and metrics.get("false_positives_per_1000_negatives") is not None:
         log.info("false positives: %.1f per 1,000 frames", metrics["false_positives_per_1000_negatives"])
+    log.info("Results saved to %s (metrics.json, predictions.csv and the plots)", out)
     return metrics

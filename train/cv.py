@@ -29,6 +29,7 @@ from pothole_edge.fileio import ensure_writable_dir, write_json
 from pothole_edge.train import data, plots
 from pothole_edge.train.config import TrainConfig, load_json, to_dict
 from pothole_edge.train.metrics import binary_metrics, roc_curve
+from pothole_edge.train.models import check_imagenet
 from pothole_edge.train.run import DEMO, check_new, resolve, split, train
 
 log = logging.getLogger("pt-train")
@@ -61,6 +62,8 @@ def _start(config: TrainConfig) -> tuple[TrainConfig, Path]:
     if config.data != (DEMO,):  # every fold must be able to train before the first one starts
         for k in range(1, config.cv + 1):
             split(replace(config, cv_fold=k), list(config.data))
+    if config.weights == "imagenet":
+        check_imagenet(config.arch)
     ensure_writable_dir(out, "run directory")
     if config.data == (DEMO,):
         from pothole_edge.train.demo import make_dataset

@@ -43,8 +43,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
                 f"data directory {root} does not exist; pass --data DIR with normal/ and pothole/ sub-folders, or "
                 "--data demo"
             )
-    if config.weights == "imagenet":
-        check_imagenet(config.arch)
     if config.lr is None:
         config = replace(config, lr=1e-3 if config.weights == "none" else 3e-4)
     if config.workers is None:
@@ -96,6 +94,8 @@ def _init_run(config: TrainConfig, out: Path) -> None:
             log.info("generating the demo dataset in %s: synthetic road images, not real photos", roots[0])
             make_dataset(roots[0], config.demo_per_class, config.seed)
         folder = split(config, roots)
+        if config.weights == "imagenet":
+            check_imagenet(config.arch)  # offline, fail now: nothing written yet, so a retry is free
         if folder.skipped:
             log.warning("skipped %d unreadable file(s); see data.json", len(folder.skipped))
         write_json(out / "data.json", folder.summary())

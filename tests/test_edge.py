@@ -692,6 +692,7 @@ def test_out_is_claimed_atomically_and_a_run_that_never_starts_leaves_nothing(mo
     monkeypatch.setattr(FakeCamera, "scripts", [])
     monkeypatch.setattr(FakeCamera, "opens", 0)
     monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    monkeypatch.setattr("pothole_edge.edge.sources.camera_missing", lambda index: False)  # a fake camera 0
     with pytest.raises(UsageError, match="did not open"):
         run(EdgeConfig(model=str(model), camera=0, out=str(tmp_path / "new" / "run"), reconnect_timeout=0.3))
     assert not (tmp_path / "new").exists()

@@ -37,17 +37,14 @@ class MapConfig:
 def _add(registry: Any, run: Any) -> bool:
     from sqlalchemy.exc import DBAPIError
 
-    from pothole_edge.redact import redact
+    from pothole_edge.edge.registry import db_error
 
     try:
         return registry.add(run)
     except DBAPIError as e:
-        text = str(e.orig or e).strip()
-        where = redact(registry.engine.url.render_as_string(hide_password=True))
-        reason = redact(text.splitlines()[0][:200]) if text else type(e).__name__
         raise UsageError(
-            f"--db {where}: adding {run.run_dir} failed ({reason}); "
-            "nothing of that run was written: check the database is writable and whole, then run again"
+            f"--db {db_error(registry.engine, e)}: adding {run.run_dir} failed; nothing of that run was written: "
+            "check the database is writable and whole, then run again"
         ) from None
 
 

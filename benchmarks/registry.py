@@ -2,6 +2,9 @@
 
     python -m pothole_edge.benchmarks.registry --sizes 1000,10000,100000 [--db postgresql://...] --out DIR
 
+A drive is the messages a van sends (170 events, then its track in one-minute chunks), taken the two ways the
+office takes them: as one batch (MQTT: whatever arrived, in one transaction) and one message per transaction
+(webhooks).
 The city is a grid of streets 100 m apart whose size grows with N, so the potholes per kilometre of street stay the
 same (10) and a drive passes about as many potholes in every registry: what changes with N is only what the
 registry must not scan. Each drive is a random walk along the streets, a track point every 3 m (about 13,000),
@@ -22,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from pothole_edge.edge.registry import M_PER_DEG, Registry, Run, Sighting, cell_key, cell_of, engine_for
+from pothole_edge.geo import M_PER_DEG
+from pothole_edge.messages import check, event_message, track_message
+from pothole_edge.office.registry import Incoming, Registry, cell_key, cell_of, engine_for
 
 ORIGIN = (48.0, 11.0)
 BLOCK_M = 100.0
@@ -73,8 +78,8 @@ def fill(registry: Registry, n: int, side: int, rng: np.random.Generator) -> Non
             db.execute(potholes.insert(), rows[k : k + 5000])
 
 
-def drive(name: str, side: int, rng: np.random.Generator, t0: float) -> Run:
-    """A 40 km random walk along the streets, and its events."""
+def drive(name: str, side: int, rng: np.random.Generator, t0: float) -> list[Incoming]:
+    """A 40 km random walk along the streets, as the van's messages: its events, then its track."""
     x, y = rng.integers(0, side + 1, 2) * BLOCK_M
     track_m = []
     while len(track_m) * STEP_M < 40_000:
@@ -87,13 +92,24 @@ def drive(name: str, side: int, rng: np.random.Generator, t0: float) -> Run:
     north, east = np.array(track_m).T
     lat, lon = _to_deg(north, east)
     track = [(t0 + k * 0.12, float(a), float(b)) for k, (a, b) in enumerate(zip(lat, lon))]
-    chosen = rng.choice(len(track), 170, replace=False)
-    sightings = []
-    for n, k in enumerate(sorted(chosen)):
+    messages = []
+    for n, k in enumerate(sorted(rng.choice(len(track), 170, replace=False))):
         t, a, b = track[k]
         jitter = rng.normal(0, 2.0, 2) / M_PER_DEG
-        sightings.append(Sighting(n, t, a + jitter[0], b + jitter[1], 0.9, None))
-    return Run(name, Path(name), None, sightings, track, 40_000.0)
+        where = {"lat": a + jitter[0], "lon": b + jitter[1], "gps_time": t}
+        messages.append(event_message("bench", name, n, 0.9, where, {}))
+    per_chunk = 500  # a minute at 25 m/s, a point every 3 m
+    for k in range(0, len(track), per_chunk):
+        end = k + per_chunk >= len(track)
+        messages.append(track_message("bench", name, k // per_chunk + 1, track[max(0, k - 1) : k + per_chunk], end))
+    return [Incoming(m, check(m), t0) for m in messages]
+
+
+def _timed(registry: Registry, items: list[Incoming], batch: int) -> float:
+    started = time.perf_counter()
+    for k in range(0, len(items), batch):
+        registry.ingest(items[k : k + batch])
+    return time.perf_counter() - started
 
 
 def measure(db: str | None, sizes: list[int], drives: int, out: Path) -> list[dict[str, Any]]:
@@ -103,33 +119,35 @@ def measure(db: str | None, sizes: list[int], drives: int, out: Path) -> list[di
         folder = out / f"{n}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "potholes.sqlite").unlink(missing_ok=True)
-        engine = engine_for(db, folder)
+        engine = engine_for(db, str(folder / "potholes.sqlite"))
         registry = Registry(engine)
         side = _city_side(n)
         started = time.perf_counter()
         fill(registry, n, side, rng)
         filled = time.perf_counter() - started
-        times = []
+        batched, single = [], []
         for d in range(drives):
-            run = drive(f"drive-{n}-{d}", side, rng, t0=1e6 * (d + 1))
-            started = time.perf_counter()
-            registry.add(run)
-            times.append(time.perf_counter() - started)
+            items = drive(f"drive-{n}-{d}", side, rng, t0=1e6 * (2 * d + 1))
+            batched.append(_timed(registry, items, len(items)))
+            single.append(_timed(registry, drive(f"drive-{n}-{d}-single", side, rng, t0=1e6 * (2 * d + 2)), 1))
         # memory on one more drive, untimed: tracing allocations slows Python down
         tracemalloc.start()
-        registry.add(drive(f"drive-{n}-memory", side, rng, t0=1e6 * (drives + 1)))
+        items = drive(f"drive-{n}-memory", side, rng, t0=1e6 * (2 * drives + 1))
+        registry.ingest(items)
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         rows.append(
             {
                 "potholes": n,
                 "city_km": round(side * BLOCK_M / 1000, 1),
+                "postgis": registry.postgis,
                 "fill_s": round(filled, 2),
-                "drive_s_median": round(statistics.median(times), 3),
-                "drive_s": [round(t, 3) for t in times],
+                "drive_s_median": round(statistics.median(batched), 3),
+                "drive_s": [round(t, 3) for t in batched],
+                "drive_one_by_one_s_median": round(statistics.median(single), 3),
                 "peak_python_mib": round(peak, 1),
-                "track_points": len(run.track),
-                "events": len(run.sightings),
+                "track_points": sum(len(i.message.get("points", ())) for i in items),
+                "messages": len(items),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -155,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.db:
         from sqlalchemy import inspect
 
-        if inspect(engine_for(args.db, out)).get_table_names():
+        if inspect(engine_for(args.db, "")).get_table_names():
             parser.error(f"--db {args.db.split('@')[-1]} is not empty: give an empty database, its tables are dropped")
     rows = measure(args.db, sizes, args.drives, out)
     (out / "registry.json").write_text(

@@ -7,6 +7,7 @@ traceback), 130 interrupted.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import importlib
@@ -19,7 +20,7 @@ from typing import Any
 from pothole_edge.errors import DiskFull, UsageError, is_disk_full
 from pothole_edge.redact import RedactFilter, redact
 
-OURS = ("pothole_edge", "pt-train", "pt-eval", "pt-export", "pt-bench", "edge")
+OURS = ("pothole_edge", "pt-train", "pt-eval", "pt-export", "pt-bench", "edge", "office")
 
 
 def setup_logging() -> None:
@@ -57,6 +58,15 @@ def run(fn: Callable[[], Any], interrupted: str = "interrupted") -> Any:
             "free some space and run it again",
             1,
         )
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line `error:` form every pothole-edge command uses (argparse, not click, where a
+    dashcam or an office server installs no click)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {redact(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def given(**options: Any) -> dict[str, Any]:
@@ -121,7 +131,8 @@ COMMANDS = {
     ),
     "edge-run": ("pothole_edge.edge.cli", "main", "edge", ("onnxruntime", "cv2", "PIL")),
     "edge-clip": ("pothole_edge.edge.cli", "clip_main", "edge", ("onnxruntime", "cv2", "PIL")),
-    "edge-map": ("pothole_edge.edge.cli", "map_main", "edge", ("sqlalchemy", "cv2")),
+    "edge-map": ("pothole_edge.office.cli", "map_main", "office", ("sqlalchemy", "cv2")),
+    "pothole-office": ("pothole_edge.office.cli", "main", "office", ("sqlalchemy", "paho", "cv2")),
 }
 
 
@@ -145,3 +156,4 @@ pt_bench = functools.partial(launch, "pt-bench")
 edge_run = functools.partial(launch, "edge-run")
 edge_clip = functools.partial(launch, "edge-clip")
 edge_map = functools.partial(launch, "edge-map")
+pothole_office = functools.partial(launch, "pothole-office")

@@ -9,20 +9,12 @@ import signal
 import sys
 import threading
 
+from pothole_edge.cli import Parser, setup_logging
 from pothole_edge.cli import run as run_command
-from pothole_edge.cli import setup_logging
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.errors import DiskFull, UsageError
 from pothole_edge.redact import redact
 from pothole_edge.session import PRECISIONS
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the one-line `error:` form every pothole-edge command uses."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {redact(message)} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -281,45 +273,3 @@ def clip_main(argv: list[str] | None = None) -> None:
 
     # the same handling as every other command: a usage error, a full disk and Ctrl-C are one line each
     run_command(go)
-
-
-def map_main(argv: list[str] | None = None) -> None:
-    """edge-map RUN_DIR... --out DIR: one registry of potholes across drives, and its map."""
-    from pothole_edge.edge.mapping import MapConfig, build
-
-    p = Parser(
-        prog="edge-map",
-        description=(
-            "Merge edge-run folders into one registry of potholes (SQLite or PostgreSQL) and write a map, GeoJSON, "
-            "CSV and Open311 requests."
-        ),
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="edge-run output folders (run with --gps)")
-    p.add_argument("--out", default="runs/map", help="where the outputs go (default: runs/map)")
-    p.add_argument("--db", help="an SQLAlchemy URL, e.g. postgresql://user@host/potholes (default: sqlite in --out)")
-    p.add_argument(
-        "--db-password-env",
-        default="POTHOLE_EDGE_DB_PASSWORD",
-        help="environment variable with the --db password, kept out of the URL (default: POTHOLE_EDGE_DB_PASSWORD)",
-    )
-    p.add_argument(
-        "--radius", type=float, default=8.0, help="metres within which sightings are one pothole (default: 8)"
-    )
-    p.add_argument(
-        "--repaired-after",
-        type=int,
-        default=3,
-        help="passes without a detection before a pothole is possibly repaired (default: 3)",
-    )
-    p.add_argument("--service-code", default="pothole", help="the Open311 service code (default: pothole)")
-    args = p.parse_args(argv)
-    config = MapConfig(
-        runs=tuple(args.runs),
-        out=args.out,
-        db=args.db,
-        db_password_env=args.db_password_env,
-        radius=args.radius,
-        repaired_after=args.repaired_after,
-        service_code=args.service_code,
-    )
-    run_command(lambda: build(config))

@@ -8,8 +8,6 @@ webhook. Everything else is retried, so a receiver may see an event twice and dr
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -22,21 +20,15 @@ from urllib.parse import urlparse
 
 from pothole_edge.edge.outbox import Outbox
 from pothole_edge.errors import UsageError
-from pothole_edge.messages import message_id
+from pothole_edge.messages import SIGNATURE_HEADER, TIMESTAMP_HEADER, message_id, sign
 from pothole_edge.redact import redact
 
 log = logging.getLogger("edge")
-SIGNATURE_HEADER = "X-Pothole-Signature"
 
 
 def event_id(vehicle: str, run: str, event: int) -> str:
     """Globally unique and the same on every retry: derived from the vehicle, the run and the event's number."""
     return message_id(vehicle, run, event)
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The webhook signature: HMAC-SHA256 over the exact body, as `sha256=<hex>`."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 class SendError(Exception):
@@ -96,7 +88,7 @@ class Mqtt:
 
 
 class Webhook:
-    """POSTs the JSON to an HTTP(S) endpoint, signed with HMAC-SHA256 in X-Pothole-Signature.
+    """POSTs the JSON to an HTTP(S) endpoint, signed with HMAC-SHA256 over its time of sending and the body.
 
     A redirect is a failure, never followed: urllib would re-send to the other host as a GET with the signature
     and count that host's 200 as delivered. The whole request, trickling servers included, ends by a deadline.
@@ -124,7 +116,9 @@ class Webhook:
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         headers = {"Content-Type": "application/json"}
         if self.secret:
-            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+            now = int(time.time())  # signed as it leaves: a message that waited in the outbox is still fresh
+            headers[TIMESTAMP_HEADER] = str(now)
+            headers[SIGNATURE_HEADER] = sign(self.secret, body, now)
         if self.https:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 self.host, self.port, timeout=self.timeout_s, context=ssl.create_default_context()

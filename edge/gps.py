@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pothole_edge.errors import UsageError
+from pothole_edge.geo import distance_m
 
 log = logging.getLogger("edge")
-EARTH_RADIUS_M = 6_371_008.8
 KNOT_MPS = 0.514444
 
 
@@ -73,14 +73,6 @@ def _real(v: Any) -> bool:
 
 
 NO_FIX = {"lat": None, "lon": None, "speed_mps": None, "heading_deg": None, "fix_age_s": None}
-
-
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance (haversine) in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

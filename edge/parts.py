@@ -13,12 +13,12 @@ from typing import Any
 
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.edge.decide import Event
-from pothole_edge.edge.delivery import Delivery, Mqtt, Webhook, event_id
+from pothole_edge.edge.delivery import Delivery, Mqtt, Webhook
 from pothole_edge.edge.gps import LiveGps, Locator, mp4_creation_time, open_gps, parse_start
 from pothole_edge.edge.outbox import Outbox
 from pothole_edge.edge.outbox import default_path as default_outbox
 from pothole_edge.errors import UsageError
-from pothole_edge.messages import SCHEMA_VERSION
+from pothole_edge.messages import event_message
 from pothole_edge.system import default_threads, usable_cores
 
 log = logging.getLogger("edge")
@@ -79,20 +79,19 @@ def message(
 ) -> dict[str, Any]:
     """The JSON every destination gets for a closed event. The snapshot is named by its path; with
     --attach-snapshot the sender puts its bytes in when it sends (the writer thread may still be saving it)."""
-    where = event.peak_position
-    return {
-        "kind": "event",
-        "schema_version": SCHEMA_VERSION,
-        "event_id": event_id(vehicle, run_name, event.id),
-        "vehicle": vehicle,
-        "run": run_name,
-        "event": event.id,
+    times = {
         "opened_at": clock(event.start_time),
         "closed_at": clock(event.end_time),
-        "peak_prob": round(event.peak_prob, 6),
         "peak_at": clock(event.peak_time),
-        "frames": [event.start_frame, event.end_frame],
-        "position": where if where and where.get("lat") is not None else None,
-        "snapshot": {"path": str(snapshot), "attach": attach} if snapshot is not None else None,
-        "model": {k: meta.get(k) for k in ("arch", "variant", "checkpoint_sha256")},
     }
+    return event_message(
+        vehicle,
+        run_name,
+        event.id,
+        event.peak_prob,
+        event.peak_position,
+        times,
+        [event.start_frame, event.end_frame],
+        {"path": str(snapshot), "attach": attach} if snapshot is not None else None,
+        {k: meta.get(k) for k in ("arch", "variant", "checkpoint_sha256")},
+    )

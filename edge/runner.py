@@ -24,10 +24,10 @@ from pothole_edge.edge.delivery import event_id
 from pothole_edge.edge.reader import Reader
 from pothole_edge.edge.record import Recorder, StageTimes, claim_out
 from pothole_edge.edge.sources import Frame, open_source
-from pothole_edge.edge.tracks import TrackChunks
 from pothole_edge.edge.video import Annotator
 from pothole_edge.errors import DiskFull
 from pothole_edge.fileio import next_free, write_json
+from pothole_edge.messages import TrackChunks
 from pothole_edge.session import Runner, Session, open_session
 from pothole_edge.timing import latency
 
@@ -429,6 +429,7 @@ class EdgeRun:
             "coverage": self.gate.summary() if self.gate is not None else None,
             "delivery": s.get("delivery") if self.delivery is not None else None,
             "delivery_run": self.run_name if self.delivery is not None else None,
+            "delivery_vehicle": self.vehicle,
             "storage": self.writer.summary() if done else None,
             "fps": round(fps, 3),
             "model_only_fps": s.get("model_only_fps"),

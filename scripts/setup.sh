@@ -22,8 +22,8 @@ if [ ! -x .venv-edge/bin/python ]; then
 fi
 say "installing pothole-edge[edge] into .venv-edge: onnxruntime, OpenCV headless, Pillow, numpy (about 350 MB)"
 .venv-edge/bin/python -m pip install -q -e ".[edge]"
-# the real parts the tests start: ffmpeg (a stream server), gpsd and gpsfake, PostgreSQL, a headless browser, an MQTT broker
-declare -A PROVIDES=([ffmpeg]=ffmpeg [gpsd]=gpsd [gpsfake]=gpsd-clients [/usr/lib/postgresql]=postgresql [chromium]=chromium [chromedriver]=chromium-driver [mosquitto]=mosquitto [mosquitto_sub]=mosquitto-clients)
+# the real parts the tests start: ffmpeg (a stream server), gpsd and gpsfake, PostgreSQL with PostGIS, a headless browser, an MQTT broker
+declare -A PROVIDES=([ffmpeg]=ffmpeg [gpsd]=gpsd [gpsfake]=gpsd-clients [/usr/lib/postgresql]=postgresql [chromium]=chromium [chromedriver]=chromium-driver [mosquitto]=mosquitto [mosquitto_sub]=mosquitto-clients [/usr/share/postgresql/15/extension/postgis.control]=postgresql-15-postgis-3)
 missing=()
 for tool in "${!PROVIDES[@]}"; do
     if [[ "$tool" == /* ]]; then [ -e "$tool" ] || missing+=("${PROVIDES[$tool]}"); else command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("${PROVIDES[$tool]}"); fi

@@ -19,7 +19,7 @@ from pothole_edge.errors import UsageError
 from pothole_edge.timing import throughput
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("train", "export", "edge", "benchmarks")  # in the order data flows
+STAGES = ("train", "export", "edge", "office", "benchmarks")  # in the order data flows
 
 
 def _spec(grids=((1, 1),), overlap=0.25, region=(0, 0, 1, 1), crop=32, resize=36):
@@ -309,9 +309,10 @@ def test_import_graph_has_no_cycle_and_no_upward_arrow():
     for src, targets in edges.items():
         for dst in targets:
             assert order[dst] < order[src], (
-                f"{src}/ imports {dst}/: data flows core -> train -> export -> edge -> benchmarks"
+                f"{src}/ imports {dst}/: data flows core -> train -> export -> edge -> office -> benchmarks"
             )
     assert "core" not in edges, "the core imports no stage"
     assert "train" not in edges.get("edge", set()) and "export" not in edges.get("edge", set()), (
         "the edge stands on the core alone"
     )
+    assert edges.get("office", set()) <= {"core"}, "the van and the office share only the core's message schemas"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pothole_edge.edge.delivery import SIGNATURE_HEADER, sign
+from pothole_edge.messages import SIGNATURE_HEADER, TIMESTAMP_HEADER, MessageError, verify
 from tests.conftest import free_port, wait_for
 from tests.test_edge import BRIGHT, DARK, brightness_model, edge_run, lines, needs, write_video
 
@@ -62,7 +62,7 @@ class Hook(BaseHTTPRequestHandler):
         if n <= plan["fail"] + plan["slow"]:
             time.sleep(6)  # past the sender's 5 s timeout
             return
-        plan["bodies"].append((body, self.headers.get(SIGNATURE_HEADER)))
+        plan["bodies"].append((body, self.headers.get(TIMESTAMP_HEADER), self.headers.get(SIGNATURE_HEADER)))
         self.send_response(204)
         self.end_headers()
 
@@ -107,9 +107,10 @@ def test_a_webhook_that_fails_before_it_accepts_gets_every_event_signed(model, c
         server.shutdown()
     assert result.returncode == 0, result.stderr
     received = {}
-    for body, signature in Hook.plan["bodies"]:
-        assert signature == sign(secret.encode(), body)  # the receiver's check
-        assert signature != sign(b"wrong secret", body)  # a wrong secret is detected
+    for body, sent, signature in Hook.plan["bodies"]:
+        verify(secret.encode(), body, sent, signature, time.time(), 300)  # the receiver's check passes
+        with pytest.raises(MessageError, match="bad signature"):  # a wrong secret is detected
+            verify(b"wrong secret", body, sent, signature, time.time(), 300)
         message = json.loads(body)
         received[message["event_id"]] = message
     assert set(received) == _event_ids_in(out, "van-7") and len(received) == 6
@@ -425,14 +426,13 @@ def test_the_storage_cap_removes_delivered_events_oldest_first_and_keeps_undeliv
 
 def test_a_van_sends_the_track_it_drove_in_chunks_beside_its_events(tmp_path, monkeypatch):
     from pothole_edge import messages
-    from pothole_edge.edge import tracks
     from pothole_edge.edge.config import EdgeConfig
-    from pothole_edge.edge.gps import distance_m
     from pothole_edge.edge.runner import run
+    from pothole_edge.geo import distance_m
     from tests import drive
     from tests.test_edge import brightness_model
 
-    monkeypatch.setattr(tracks, "CHUNK_S", 5.0)  # a chunk per 5 s of GPS time instead of a minute
+    monkeypatch.setattr(messages, "TRACK_CHUNK_S", 5.0)  # a chunk per 5 s of GPS time instead of a minute
     got: list[dict] = []
 
     class Office(BaseHTTPRequestHandler):

@@ -16,8 +16,8 @@ import pytest
 
 from pothole_edge import csvcells
 from pothole_edge.edge.delivery import SendError, Webhook
-from pothole_edge.edge.mapfiles import csv_text, map_html
 from pothole_edge.errors import UsageError
+from pothole_edge.office.mapfiles import csv_text, map_html
 from pothole_edge.redact import redact, redacted
 from tests.test_cli import assert_usage_error
 from tests.test_edge import brightness_model, edge_run
@@ -63,7 +63,7 @@ def test_edge_map_takes_the_db_password_from_the_environment_and_never_writes_it
     run_dir.mkdir()
     (run_dir / "events.jsonl").write_text("")
     (run_dir / "predictions.jsonl").write_text("")
-    from pothole_edge.edge.mapping import MapConfig, build
+    from pothole_edge.office.build import MapConfig, build
 
     # trust authentication accepts any password: what matters is where it goes
     url = postgres.replace("postgres@", f"postgres:{SECRET}@")
@@ -81,7 +81,7 @@ def edge_map(*args: str):
     import sys
 
     return subprocess.run(
-        [sys.executable, "-c", "from pothole_edge.edge.cli import map_main; map_main()", *args],
+        [sys.executable, "-c", "from pothole_edge.office.cli import map_main; map_main()", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -139,7 +139,7 @@ def test_a_split_manifest_round_trips_names_that_look_like_formulas(tmp_path):
 
 
 def test_map_data_cannot_be_broken_by_a_name():
-    from pothole_edge.edge.mapfiles import script_json
+    from pothole_edge.office.mapfiles import script_json
 
     name = "x<!--<script>y</script>\u2028&"
     html = map_html(
@@ -158,6 +158,7 @@ def test_map_data_cannot_be_broken_by_a_name():
             }
         ],
         [{"run_dir": name, "points": [[48.1, 11.5]]}],
+        Path("."),
     )
     blob = script_json({"tracks": [{"run_dir": name}]})
     assert json.loads(blob) == {"tracks": [{"run_dir": name}]}
@@ -387,7 +388,7 @@ def _event(n: int, lat: float = 48.1, **change) -> dict:
 
 
 def test_bad_lines_and_values_in_a_run_cost_themselves_alone(tmp_path):
-    from pothole_edge.edge.registry import read_run
+    from pothole_edge.office.folders import run_messages
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -409,10 +410,11 @@ def test_bad_lines_and_values_in_a_run_cost_themselves_alone(tmp_path):
     rows.insert(5, "}}garbage{{")
     rows.insert(9, json.dumps({"time": 0.55, "lat": float("nan"), "lon": 11.5}))
     (run_dir / "predictions.jsonl").write_text("\n".join(rows) + "\n")
-    run = read_run(run_dir)
-    assert [s.event_id for s in run.sightings] == [1, 7]
-    assert len(run.track) > 5  # thinned to a point every 3 m, but past the garbage
-    assert run.track[-1][1] == pytest.approx(frames[-1]["lat"], abs=3e-5)
+    messages = run_messages(run_dir)
+    assert [m["event"] for m in messages if m["kind"] == "event"] == [1, 7]
+    track = [p for m in messages if m["kind"] == "track" for p in m["points"]]
+    assert len(track) > 5  # thinned to a point every 3 m, but past the garbage
+    assert track[-1][1] == pytest.approx(frames[-1]["lat"], abs=3e-5)
 
 
 # --- one line, not a traceback -------------------------------------------------------------------------------
@@ -454,7 +456,7 @@ def test_edge_map_refuses_to_write_over_a_run(tmp_path):
 def test_importers_racing_on_a_new_postgresql_database_both_start(postgres):
     from sqlalchemy import create_engine
 
-    from pothole_edge.edge.registry import Registry
+    from pothole_edge.office.registry import Registry
 
     server = create_engine("postgresql+psycopg://" + postgres[len("postgresql://") :], isolation_level="AUTOCOMMIT")
     with server.connect() as db:
@@ -493,7 +495,7 @@ def _write_run(run_dir: Path, events: list[dict], points: int, ended: bool) -> P
 
 
 def test_a_run_mapped_while_written_and_again_when_finished_is_one_drive(tmp_path):
-    from pothole_edge.edge.mapping import MapConfig, build
+    from pothole_edge.office.build import MapConfig, build
 
     first, second = _event(1), _event(2, lat=48.1 + 0.0005)
     run_dir = _write_run(tmp_path / "drive", [first], 20, ended=False)
@@ -510,7 +512,7 @@ def test_a_run_mapped_while_written_and_again_when_finished_is_one_drive(tmp_pat
 def test_a_run_folder_whose_name_is_not_utf8_maps(tmp_path):
     import os
 
-    from pothole_edge.edge.mapping import MapConfig, build
+    from pothole_edge.office.build import MapConfig, build
 
     name = os.fsdecode(b"drive-\xff\xfe")
     run_dir = _write_run(tmp_path / name, [_event(1)], 20, ended=True)
@@ -536,7 +538,7 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 
 def test_hostile_snapshots_are_left_out_of_the_map_and_nothing_is_half_written(tmp_path):
-    from pothole_edge.edge.mapping import MapConfig, build
+    from pothole_edge.office.build import MapConfig, build
 
     run_dir = _write_run(tmp_path / "drive", [_event(1), _event(2, lat=48.1 + 0.0005)], 60, ended=True)
     (run_dir / "snapshots").mkdir()

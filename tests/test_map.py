@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from pothole_edge.edge.config import EdgeConfig
-from pothole_edge.edge.gps import distance_m
-from pothole_edge.edge.mapping import MapConfig, build
 from pothole_edge.edge.runner import run
+from pothole_edge.geo import distance_m
+from pothole_edge.office.build import MapConfig, build
 from tests import drive
 from tests.test_cli import assert_usage_error
 from tests.test_edge import brightness_model, needs

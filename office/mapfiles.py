@@ -103,7 +103,7 @@ def open311(potholes: list[dict[str, Any]], service_code: str) -> list[dict[str,
     ]
 
 
-def _thumbnail(path: str | None, side: int = 240) -> str | None:
+def _thumbnail(path: str | None, base: Path, side: int = 240) -> str | None:
     """The snapshot as a small inline JPEG, so the map needs no other file. A snapshot is untrusted: the image
     limits of the edge apply (a regular file, 256 MB, 64 megapixels), and one that fails them is left out."""
     if not path:
@@ -113,7 +113,7 @@ def _thumbnail(path: str | None, side: int = 240) -> str | None:
     from pothole_edge.images import ImageDecodeError, read_rgb
 
     try:
-        image = read_rgb(path)[:, :, ::-1]
+        image = read_rgb(base / path)[:, :, ::-1]
     except (ImageDecodeError, OSError, ValueError):
         return None
     scale = side / max(image.shape[:2])
@@ -174,7 +174,7 @@ legend.addTo(map);
 """
 
 
-def popup(p: dict[str, Any]) -> str:
+def popup(p: dict[str, Any], base: Path) -> str:
     props = properties(p)
     rows = [
         f"<b>Pothole {p['id']}</b>{' (possibly repaired)' if props['possibly_repaired'] else ''}",
@@ -182,13 +182,14 @@ def popup(p: dict[str, Any]) -> str:
         f"first {html.escape(props['first_seen'])}<br>last {html.escape(props['last_seen'])}",
         f"highest probability {props['max_prob']:.2f}",
     ]
-    thumb = _thumbnail(p["best_snapshot"])
+    thumb = _thumbnail(p["best_snapshot"], base)
     if thumb:
         rows.append(f'<img src="{thumb}" width="240" alt="snapshot">')
     return "<br>".join(rows)
 
 
-def map_html(potholes: list[dict[str, Any]], tracks: list[dict[str, Any]]) -> str:
+def map_html(potholes: list[dict[str, Any]], tracks: list[dict[str, Any]], base: Path) -> str:
+    """A self-contained page: markers, tracks and snapshot thumbnails inline, no server needed."""
     data = {
         "potholes": [
             {
@@ -196,7 +197,7 @@ def map_html(potholes: list[dict[str, Any]], tracks: list[dict[str, Any]]) -> st
                 "lat": p["lat"],
                 "lon": p["lon"],
                 "possibly_repaired": bool(p["possibly_repaired"]),
-                "popup": popup(p),
+                "popup": popup(p, base),
             }
             for p in potholes
         ],
@@ -226,7 +227,95 @@ def write_all(out: Path, potholes: list[dict[str, Any]], tracks: list[dict[str, 
         "potholes.geojson": json.dumps(redacted(geojson(potholes)), indent=2) + "\n",
         "potholes.csv": csv_text(potholes),
         "open311.json": json.dumps(redacted(open311(potholes, service_code)), indent=2) + "\n",
-        "map.html": map_html(potholes, tracks),
+        "map.html": map_html(potholes, tracks, out),
     }
     for name, text in made.items():
         write_text(out / name, text)
+
+
+LIVE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Potholes: live</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="leaflet.css">
+<style>
+html, body, #map { height: 100%; margin: 0; }
+.legend { background: white; padding: 6px 8px; font: 13px sans-serif; }
+</style>
+</head><body><div id="map"></div>
+<script src="leaflet.js"></script>
+<script>
+const REFRESH_MS = __REFRESH_MS__;
+const map = L.map("map");
+const tiles = L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png", {
+  maxZoom: 19, attribution: "&copy; OpenStreetMap contributors"
+});
+tiles.on("tileerror", () => map.removeLayer(tiles));
+tiles.addTo(map);
+map.setView([0, 0], 2);
+const markers = L.layerGroup().addTo(map);
+const lines = L.layerGroup().addTo(map);
+const legend = L.control({ position: "topright" });
+legend.onAdd = () => L.DomUtil.create("div", "legend");
+legend.addTo(map);
+window.potholeMarkers = [];
+let version = -1, fitted = false;
+
+// built from DOM nodes and text, never HTML strings: names in the data cannot become markup
+function popup(props) {
+  const div = document.createElement("div");
+  const title = document.createElement("b");
+  title.textContent = `Pothole ${props.id}` + (props.possibly_repaired ? " (possibly repaired)" : "");
+  div.append(title);
+  for (const line of [`seen ${props.sightings} time(s)`, `first ${props.first_seen}`, `last ${props.last_seen}`,
+                      `highest probability ${Number(props.max_prob).toFixed(2)}`]) {
+    div.append(document.createElement("br"), document.createTextNode(line));
+  }
+  if (/^snapshots\\/[0-9a-f-]{36}\\.jpg$/.test(props.best_snapshot || "")) {
+    const img = document.createElement("img");
+    img.src = props.best_snapshot; img.width = 240; img.alt = "snapshot";
+    div.append(document.createElement("br"), img);
+  }
+  return div;
+}
+
+async function redraw() {
+  const [geo, tracks] = await Promise.all([
+    fetch("potholes.geojson", { cache: "no-store" }).then(r => r.json()),
+    fetch("tracks.json", { cache: "no-store" }).then(r => r.json()),
+  ]);
+  markers.clearLayers(); lines.clearLayers();
+  const bounds = [];
+  for (const t of tracks) {
+    if (t.points.length > 1) L.polyline(t.points, { color: "#3366cc", weight: 3, opacity: 0.6 }).addTo(lines);
+    bounds.push(...t.points);
+  }
+  window.potholeMarkers = [];
+  for (const f of geo.features) {
+    const [lon, lat] = f.geometry.coordinates, p = f.properties;
+    const colour = p.possibly_repaired ? "#888888" : "#d62728";
+    const m = L.circleMarker([lat, lon], { radius: 7, color: colour, fillColor: colour, fillOpacity: 0.8,
+                                           potholeId: p.id });
+    m.bindPopup(() => popup(p));
+    m.addTo(markers);
+    window.potholeMarkers.push(m);
+    bounds.push([lat, lon]);
+  }
+  legend.getContainer().textContent = `${geo.features.length} potholes, ${tracks.length} drives (live)`;
+  if (!fitted && bounds.length) { map.fitBounds(bounds, { padding: [30, 30], maxZoom: 18 }); fitted = true; }
+}
+
+async function poll() {
+  try {
+    const now = (await fetch("version", { cache: "no-store" }).then(r => r.json())).version;
+    if (now !== version) { version = now; await redraw(); }
+  } catch (e) { /* the office restarts or the network drops: the next poll tries again */ }
+  setTimeout(poll, REFRESH_MS);
+}
+poll();
+</script></body></html>
+"""
+
+
+def live_page(refresh_s: float) -> str:
+    """The map the office serves: it loads its data from the office and redraws when the registry changed."""
+    return LIVE_PAGE.replace("__REFRESH_MS__", str(max(100, round(refresh_s * 1000))))

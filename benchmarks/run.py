@@ -230,7 +230,7 @@ def bench(config: BenchConfig) -> dict[str, Any]:
     """Measure every backend on each run's models; write report.json, report.md, latency.png and throughput.png."""
     from tqdm import tqdm
 
-    from pothole_edge.edge.clip import parse_size
+    from pothole_edge.edge.photoclip import parse_size
 
     config = config.resolved()
     runs = [_check_run(m) for m in config.models]

@@ -259,7 +259,7 @@ def clip_main(argv: list[str] | None = None) -> None:
     s.add_argument("run_dir", help="the edge-run output directory (its predictions.jsonl)")
     s.add_argument("labels", help="the clip's .labels.csv, written by edge-clip render")
     args = p.parse_args(argv)
-    from pothole_edge.edge import clip
+    from pothole_edge.edge import photoclip as clip
 
     def go() -> None:
         if args.command == "render":

@@ -133,13 +133,13 @@ class EdgeConfig:
         if self.gps_max_age <= 0:
             raise UsageError(f"--gps-max-age must be above 0 seconds, got {self.gps_max_age}")
         if self.clips is not None:
-            from pothole_edge.edge.clips import parse_clips
+            from pothole_edge.edge.eventclips import parse_clips
 
             parse_clips(self.clips)
         if self.max_storage is not None:
-            from pothole_edge.edge.clips import parse_size
+            from pothole_edge.edge.eventclips import parse_storage
 
-            parse_size(self.max_storage)
+            parse_storage(self.max_storage)
         if self.outbox_max < 1 or not (math.isfinite(self.drain_timeout) and self.drain_timeout >= 0):
             raise UsageError("--outbox-max must be 1 or more and --drain-timeout 0 or more seconds")
         if self.every_m < 0 or self.view_depth_m <= 0:

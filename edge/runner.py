@@ -15,12 +15,12 @@ import numpy as np
 
 from pothole_edge import preprocess
 from pothole_edge import view as views
-from pothole_edge.edge import parts
-from pothole_edge.edge.clips import Storage, Writer, parse_clips, parse_size
+from pothole_edge.edge import startup
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.edge.coverage import DistanceGate
 from pothole_edge.edge.decide import Event, EventDetector, Step
 from pothole_edge.edge.delivery import event_id
+from pothole_edge.edge.eventclips import Storage, Writer, parse_clips, parse_storage
 from pothole_edge.edge.reader import Reader
 from pothole_edge.edge.record import Recorder, StageTimes, claim_out
 from pothole_edge.edge.sources import Frame, open_source
@@ -80,7 +80,7 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
     config.check()
     stop = stop or threading.Event()
     kind, value = config.source()
-    threads = parts.threads(config)
+    threads = startup.threads(config)
     session = open_session(
         config.model,
         config.device,
@@ -92,10 +92,10 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
     )
     if str(session.path) != str(config.model):
         log.info("model: %s", session.path)
-    gps = parts.gps(config, kind, value, stop)
+    gps = startup.gps(config, kind, value, stop)
     clips = parse_clips(config.clips) if config.clips else None
-    cap = parse_size(config.max_storage) if config.max_storage else None
-    delivery = parts.delivery(config)
+    cap = parse_storage(config.max_storage) if config.max_storage else None
+    delivery = startup.delivery(config)
     claim = claim_out(config.out or next_free(time.strftime("runs/edge/%Y%m%d-%H%M%S")))
     try:
         source = open_source(kind, value, config.stride, config.reconnect_timeout)
@@ -199,7 +199,7 @@ class EdgeRun:
         self.writer.closed(event.id, event.end_time or 0.0)
         if self.delivery is not None:
             shot = self.recorder.out / "snapshots" / f"event_{event.id:05d}.jpg" if self.config.snapshots else None
-            message = parts.message(
+            message = startup.message(
                 event, self.vehicle, self.run_name, self.clock, self.meta, shot, self.config.attach_snapshot
             )
             self.delivery.queue(message["event_id"], message)

@@ -32,10 +32,14 @@ def run_messages(run_dir: Path) -> list[dict[str, Any]]:
     run = _name(summary.get("delivery_run")) or f"{_text(run_dir.resolve().name)}@{summary.get('started_at')}"
     messages, bad = [], 0
     events, skipped = _jsonl(events_path)
+    unplaced = 0
     for e in events:
         where = e.get("peak_position")
-        if e.get("status") != "closed" or where is None or (isinstance(where, dict) and where.get("lat") is None):
-            continue  # open, or seen without a fix: not a sighting, and nothing wrong
+        if e.get("status") != "closed":
+            continue  # still open: not a sighting yet
+        if where is None or (isinstance(where, dict) and where.get("lat") is None):
+            unplaced += 1  # seen without a fix: not a sighting, and nothing wrong
+            continue
         if not (isinstance(e.get("id"), int) and _place(where) and _number(where.get("gps_time", 0.0))) or not (
             _number(e.get("peak_prob")) and 0 <= e["peak_prob"] <= 1
         ):
@@ -68,6 +72,13 @@ def run_messages(run_dir: Path) -> list[dict[str, Any]]:
     messages.append(last)
     if bad or bad_rows:
         log.warning("%s: %d event(s) and %d frame row(s) unusable, skipped", run_dir, bad, bad_rows)
+    if unplaced and len(messages) == 1 and not messages[0]["points"]:
+        log.warning(
+            "%s: %d event(s) and no positions: the run was recorded without GPS, so nothing of it can go on the "
+            "map; record with edge-run --gps (a GPX or NMEA file, gpsd or a serial receiver)",
+            run_dir,
+            unplaced,
+        )
     return messages
 
 

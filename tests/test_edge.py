@@ -488,7 +488,7 @@ def test_cpu_fallback_when_asked_for(model, video, tmp_path):
 def test_edge_runs_with_torch_blocked(model, video, tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-        "import edge.cli, edge.runner, edge.clip\n"
+        "import edge.cli, edge.runner, edge.photoclip\n"
         f"edge.cli.main(['--model', {str(model)!r}, '--video', {str(video)!r}, '--out', {str(tmp_path / 'run')!r}])\n"
         "assert not any(m.startswith('torch') and sys.modules[m] is not None for m in sys.modules)\n"
     )
@@ -545,7 +545,7 @@ def test_clip_render_and_score(model, tmp_path):
     labels = lines_csv(tmp_path / "clip.mp4.labels.csv")
     assert len(labels) == 24 and sorted({r["label"] for r in labels}) == ["normal", "pothole"]
     run(EdgeConfig(model=str(model), video=str(tmp_path / "clip.mp4"), out=str(tmp_path / "run")))
-    from pothole_edge.edge.clip import score
+    from pothole_edge.edge.photoclip import score
 
     result = score(str(tmp_path / "run"), str(tmp_path / "clip.mp4.labels.csv"))
     assert result["frames"] == 24 and result["photos"] == 6 and result["photo_agreement"] == 1.0

@@ -593,3 +593,15 @@ def test_a_track_file_too_large_to_parse_is_refused_before_it_is_read(tmp_path):
         f.truncate(gps.MAX_TRACK_FILE + 1)  # sparse: its size is what is checked, before any byte is parsed
     with pytest.raises(UsageError, match="over the 32 MiB a track file may be"):
         gps.open_gps(str(big), 2.0, th.Event())
+
+
+def test_edge_map_says_when_a_run_has_events_but_no_positions(tmp_path):
+    run_dir = tmp_path / "no-gps"
+    run_dir.mkdir()
+    events = [
+        {"status": "closed", "id": n, "peak_time": 1.0 + n, "peak_prob": 0.9, "peak_position": None} for n in (1, 2)
+    ]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / "predictions.jsonl").write_text(json.dumps({"time": 0.1, "lat": None, "lon": None}) + "\n")
+    result = edge_map(str(run_dir), "--out", str(tmp_path / "map"))
+    assert result.returncode == 0 and "2 event(s) and no positions" in result.stderr and "--gps" in result.stderr

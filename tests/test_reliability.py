@@ -86,7 +86,7 @@ def test_odd_file_names_neither_crash_nor_lose_their_bytes(model, tmp_path):
     summary = json.loads((folder / "out" / "summary.json").read_text())
     assert summary["events"] == 2 and summary["storage"]["clips"] == 2
     assert len(list((folder / "out" / "clips").glob("event_*.avi"))) == 2
-    from pothole_edge.edge import clip
+    from pothole_edge.edge import photoclip as clip
 
     path = clip.render([(folder / f"{ODD}.png", "pothole")], str(folder / f"{ODD}.mp4.clip.mp4"), 2, (64, 64))
     assert path.is_file() and ODD in clip.labels_path(path).read_text(encoding="utf-8", errors="surrogateescape")
@@ -373,7 +373,7 @@ def test_a_video_that_stops_decoding_early_says_so(model, tmp_path):
 
 
 def test_clip_labels_survive_commas_in_names(tmp_path):
-    from pothole_edge.edge import clip
+    from pothole_edge.edge import photoclip as clip
 
     photos = tmp_path / "photos" / "pothole"
     photos.mkdir(parents=True)

@@ -31,7 +31,7 @@ EVENT_FILE = re.compile(r"event_(\d+)\.(jpg|avi)$")
 UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
 
-def parse_size(text: str) -> int:
+def parse_storage(text: str) -> int:
     """'2GB', '500MB', '1.5GiB', '1000000' -> bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).upper() not in UNITS:

@@ -171,12 +171,18 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--clips",
         metavar="PRE,POST",
-        help="write clips/event_NNNNN.avi (Motion JPEG) from PRE seconds before each event to POST after it, e.g. 5,5",
+        help=(
+            "write clips/event_NNNNN.avi (Motion JPEG) from PRE seconds before each event to POST after it, "
+            "e.g. 5,5 (default: no clips)"
+        ),
     )
     c.add_argument(
         "--max-storage",
         metavar="SIZE",
-        help="cap on clips, snapshots and annotated video, e.g. 2GB; the oldest delivered events' files go first",
+        help=(
+            "cap on clips, snapshots and annotated video, e.g. 2GB; the oldest delivered events' files go first "
+            "(default: no cap)"
+        ),
     )
     return p
 

@@ -126,7 +126,7 @@ class _Clip:
 class ClipStats:
     clips: int = 0
     frames_dropped: int = 0  # frames the writer could not keep up with
-    snapshots: int = 0
+    snapshots: set[int] = field(default_factory=set)  # events with a snapshot: a new peak rewrites the same file
     skipped_for_space: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -260,7 +260,7 @@ class Writer:
     def _snapshot(self, event: int, image: np.ndarray, box: Any, prob: float) -> None:
         if self.storage.make_room(image.nbytes // 10):
             if self.recorder.snapshot(event, image, box, prob):
-                self.stats.snapshots += 1
+                self.stats.snapshots.add(event)
         else:
             self.stats.skipped_for_space += 1
 
@@ -271,7 +271,7 @@ class Writer:
     def summary(self) -> dict[str, Any]:
         return {
             "clips": self.stats.clips,
-            "snapshots": self.stats.snapshots,
+            "snapshots": len(self.stats.snapshots),
             "frames_dropped_by_writer": self.stats.frames_dropped,
             "skipped_for_space": self.stats.skipped_for_space,
             "storage_cap_bytes": self.storage.max_bytes,

@@ -353,6 +353,8 @@ def test_a_clip_runs_from_before_an_event_to_after_it(model, clip, tmp_path):
     result = run(EdgeConfig(model=str(model), video=str(clip), out=str(tmp_path / "run"), clips="1,0.5"))
     events = [e for e in lines(tmp_path / "run" / "events.jsonl") if e["status"] == "closed"]
     assert result["storage"]["clips"] == len(events) == 6
+    # a snapshot is rewritten at each new peak of its event: the count is of files, one per event
+    assert result["storage"]["snapshots"] == len(list((tmp_path / "run" / "snapshots").glob("*.jpg"))) == 6
     assert result["storage"]["frames_dropped_by_writer"] == 0  # a file waits for the writer; a camera would not
     for e in events:
         n = _frames(tmp_path / "run" / "clips" / f"event_{e['id']:05d}.avi")

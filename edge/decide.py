@@ -86,6 +86,13 @@ class EventDetector:
             step.new_peak, step.peak = True, payload
         return step
 
+    def close(self) -> Event | None:
+        """Close the open event now, as a whole one, and forget the votes: each still image is its own event."""
+        event, self.current = self.current, None
+        self.recent.clear()
+        self.quiet = 0
+        return event
+
     def finish(self) -> Event | None:
         """Close an event still open when the source ends or the run is stopped."""
         event, self.current = self.current, None

@@ -142,7 +142,9 @@ class EdgeRun:
         self.label_of = {True: names[pos], False: names[1 - pos]}
         self.temporal = kind != "images"
         self.gate = DistanceGate(config.every_m, config.view_depth_m, config.speed_kmh) if config.every_m else None
-        self.detector = EventDetector(self.threshold, config.votes_k_n(), config.hysteresis) if self.temporal else None
+        # still images are not a sequence: each at or above the threshold is one event, with its snapshot
+        votes = config.votes_k_n() if self.temporal else (1, 1)
+        self.detector: EventDetector | None = EventDetector(self.threshold, votes, config.hysteresis)
         self.locator, self.live_gps, self.gps_source = gps if gps else (None, None, None)
         self.delivery, self.vehicle = delivery if delivery else (None, None)
         self.closed_events: set[int] = set()
@@ -302,6 +304,8 @@ class EdgeRun:
             row |= {"votes": step.votes, "state": self.label_of[step.active]}
             self.events(step, frame, row, where, box, prob)
             row["event"] = self.detector.current.id if self.detector.current is not None else None
+            if not self.temporal and (single := self.detector.close()) is not None:
+                self.close_event(single)
         self.recorder.prediction(row)
         if self.writer.clips and self.temporal and frame.timestamp is not None:
             self.writer.frame(frame.timestamp, frame.bgr())
@@ -420,8 +424,8 @@ class EdgeRun:
             },
             "reconnects": len(getattr(source, "gaps", [])),
             "gaps": getattr(source, "gaps", []),
-            "events": s["events"] if self.temporal else None,
-            "events_per_1000_frames": round(1000 * s["events"] / processed, 3) if self.temporal and processed else None,
+            "events": s["events"],
+            "events_per_1000_frames": round(1000 * s["events"] / processed, 3) if processed else None,
             "gps": None
             if self.locator is None
             else {"source": self.gps_source, "offset_s": c.gps_offset, "standing_frames": s["standing"]}

@@ -218,19 +218,25 @@ def test_newest_slot_keeps_only_the_latest_frame():
 def test_image_folder_skips_unreadable_files(model, tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()
-    for i, level in enumerate([DARK, BRIGHT, DARK]):
+    for i, level in enumerate([DARK, BRIGHT, DARK, BRIGHT, BRIGHT]):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((40, 50, 3), level, np.uint8))
-    (folder / "3.jpg").write_bytes(b"not an image")
+    (folder / "5.jpg").write_bytes(b"not an image")
     result = run(EdgeConfig(model=str(model), images=str(folder), out=str(tmp_path / "run")))
     rows = lines(tmp_path / "run" / "predictions.jsonl")
     assert [(Path(r["file"]).name, r["label"]) for r in rows] == [
         ("0.png", "normal"),
         ("1.png", "pothole"),
         ("2.png", "normal"),
+        ("3.png", "pothole"),
+        ("4.png", "pothole"),
     ]
-    assert result["frames"]["unreadable"] == 1 and result["events"] is None  # photos are not a sequence
+    # photos are not a sequence: each pothole photo is its own closed event with its snapshot, even side by side
+    events = [e for e in lines(tmp_path / "run" / "events.jsonl") if e["status"] == "closed"]
+    assert result["frames"]["unreadable"] == 1 and result["events"] == len(events) == 3
+    assert [r["event"] for r in rows] == [None, 1, None, 2, 3] and not any(e["open_at_end"] for e in events)
+    assert len(list((tmp_path / "run" / "snapshots").glob("event_*.jpg"))) == 3
     run(EdgeConfig(model=str(model), images=str(folder / "*.png"), out=str(tmp_path / "glob")))
-    assert len(lines(tmp_path / "glob" / "predictions.jsonl")) == 3
+    assert len(lines(tmp_path / "glob" / "predictions.jsonl")) == 5
 
 
 class FakeCamera:

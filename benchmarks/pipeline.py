@@ -36,7 +36,14 @@ def edge_fps(model_file: Path, video: Path, out: Path, max_frames: int) -> dict[
     from pothole_edge.edge.runner import run
 
     summary = run(
-        EdgeConfig(model=str(model_file), video=str(video), out=str(out), snapshots=False, max_frames=max_frames)
+        EdgeConfig(
+            model=str(model_file),
+            video=str(video),
+            out=str(out),
+            snapshots=False,
+            max_frames=max_frames,
+            model_fps=True,
+        )
     )
     return {
         "model_file": str(model_file),

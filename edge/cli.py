@@ -78,6 +78,11 @@ def parser() -> argparse.ArgumentParser:
         "--max-frames", type=int, default=0, help="stop after this many processed frames (default: 0, no limit)"
     )
     p.add_argument("--no-snapshots", dest="snapshots", action="store_false", help="do not write a JPEG per event")
+    p.add_argument(
+        "--model-fps",
+        action="store_true",
+        help="after the run, time the model alone on the last frame's tiles and report the ratio (about 2-30 s)",
+    )
     p.add_argument("--save-video", action="store_true", help="write annotated.mp4")
     p.add_argument("--show", action="store_true", help="open a window when a display exists")
     g = p.add_argument_group("GPS")

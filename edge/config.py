@@ -49,6 +49,7 @@ class EdgeConfig:
     reconnect_timeout: float = 30.0  # live sources: longest outage before the run ends
     max_frames: int = 0  # stop after this many processed frames; 0: no limit
     snapshots: bool = True
+    model_fps: bool = False  # after the run, time the model alone on the last frame's tiles (a few seconds)
     save_video: bool = False
     show: bool = False
     # where: a track file (.gpx, .nmea), gpsd[:HOST:PORT] or serial:DEVICE[@BAUD]

@@ -370,7 +370,7 @@ class EdgeRun:
             except DiskFull:
                 self.state["status"] = "disk full"
         self.writer.close()
-        if self.example is not None and self.state["status"] == "finished":
+        if self.config.model_fps and self.example is not None and self.state["status"] == "finished":
             self.state["model_only_fps"] = round(model_only_fps(self.runner, self.example), 3)
         if self.tracks is not None:
             last = self.tracks.finish()

@@ -137,7 +137,7 @@ def bright_ranges(segments: list[tuple[int, int]] = SEGMENTS) -> list[tuple[int,
 
 
 def test_video_gives_one_event_per_bright_segment(model, video, tmp_path):
-    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), threads=1))
+    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), threads=1, model_fps=True))
     total = sum(n for _, n in SEGMENTS)
     assert result["status"] == "finished" and result["provider"] == "CPUExecutionProvider"
     assert result["frames"] == {"read": total, "processed": total, "dropped": 0, "unreadable": 0}

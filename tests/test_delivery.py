@@ -364,7 +364,8 @@ def test_a_clip_runs_from_before_an_event_to_after_it(model, clip, tmp_path):
 
 
 def test_a_clip_at_the_avi_limit_ends_and_a_failing_writer_never_stalls_the_run(model, clip, tmp_path, monkeypatch):
-    from pothole_edge.edge import avi, clips
+    from pothole_edge.edge import avi
+    from pothole_edge.edge import eventclips as clips
     from pothole_edge.edge.config import EdgeConfig
     from pothole_edge.edge.runner import run
 

@@ -7,7 +7,8 @@ cannot drag away. A run whose track came within the radius of a pothole passed i
 on its last `repaired_after` passes is marked possibly repaired.
 
 Every message is written once, keyed by its id, in the same transaction as what it changes, so a message
-delivered twice (a retry, or both MQTT and a webhook) changes nothing the second time.
+delivered twice (a retry, or both MQTT and a webhook) changes nothing the second time. A batch is worked out in
+memory (`office.batch`) and written in a few statements per table, whatever its size.
 
 Potholes are indexed by a grid cell of 0.001 degrees (about 111 m of latitude); a batch of messages loads only
 the potholes near its points. On PostgreSQL with PostGIS that search is `ST_DWithin` on a `geography` column
@@ -21,20 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from pothole_edge.errors import UsageError
-from pothole_edge.geo import EARTH_RADIUS_M, M_PER_DEG, distance_m
 from pothole_edge.messages import event_time
+from pothole_edge.office.batch import MOVED, Batch, CellIndex, cell_key, cell_of, first_within, near_cells
 from pothole_edge.redact import redact
 
 log = logging.getLogger("office")
 SCHEMA_LOCK = 0x706F74686F6C65  # "pothole": the PostgreSQL advisory lock held while the tables are made
-CELL_DEG = 0.001
-_ROW = 400_000  # cells per row of the key: more than 360 / CELL_DEG
+_PIECE = 16  # track points per PostGIS probe: about 50 m of road at a point every 3 m
 _CHUNK = 500  # keys per IN (...) query: under every database's bound-parameter limit
 _LOCK_SPACE = 1 << 40  # run and message locks sit above every cell key (at most 180k * 400k < 2^37)
 
@@ -50,25 +48,6 @@ CREATE TRIGGER potholes_geog BEFORE INSERT OR UPDATE OF lat, lon ON potholes
     FOR EACH ROW EXECUTE FUNCTION potholes_set_geog();
 UPDATE potholes SET geog = ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography WHERE geog IS NULL;
 """
-
-
-def cell_of(lat: float, lon: float) -> tuple[int, int]:
-    return math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG)
-
-
-def cell_key(i: int, j: int) -> int:
-    """One integer per cell; longitude wraps, so the cells either side of 180 degrees are neighbours."""
-    cols = round(360 / CELL_DEG)
-    return (i + round(90 / CELL_DEG)) * _ROW + (j + cols // 2) % cols
-
-
-def near_cells(i: int, j: int, radius_m: float) -> set[int]:
-    """The keys of every cell that can hold a point within `radius_m` of any point in cell (i, j)."""
-    di = math.ceil(radius_m / (M_PER_DEG * CELL_DEG))
-    # a degree of longitude is shortest at the band's edge nearer the pole; beyond 89.9 degrees no road runs
-    edge = min(89.9, max(abs(i), abs(i + 1)) * CELL_DEG + di * CELL_DEG)
-    dj = math.ceil(radius_m / (M_PER_DEG * CELL_DEG * math.cos(math.radians(edge))))
-    return {cell_key(a, b) for a in range(i - di, i + di + 1) for b in range(j - dj, j + dj + 1)}
 
 
 def tables(metadata: Any) -> dict[str, Any]:
@@ -260,15 +239,16 @@ class Registry:
     def _statements(self) -> dict[str, Any]:
         """The statements a batch runs for every message, built once with bound parameters: SQLAlchemy then
         compiles each once, instead of once per value (which cost more than SQLite's own work)."""
-        from sqlalchemy import bindparam, func, select
+        from sqlalchemy import bindparam, case, func, or_, select
 
         t = self.t
-        potholes, sightings, passes, chunks, cells = (
+        potholes, sightings, passes, chunks, cells, runs = (
             t["potholes"],
             t["sightings"],
             t["passes"],
             t["track_chunks"],
             t["track_cells"],
+            t["runs"],
         )
         order = func.row_number().over(
             partition_by=passes.c.pothole_id, order_by=(passes.c.time.desc(), passes.c.id.desc())
@@ -278,11 +258,27 @@ class Registry:
             .where(passes.c.pothole_id.in_(bindparam("ids", expanding=True)))
             .subquery()
         )
-        moved = ("lat", "lon", "cell", "sightings", "first_seen", "last_seen", "max_prob", "best_snapshot")
         return {
             "known": select(t["messages"].c.id).where(t["messages"].c.id.in_(bindparam("ids", expanding=True))),
-            "places": select(sightings.c.lat, sightings.c.lon).where(sightings.c.pothole_id == bindparam("pid")),
-            "move": potholes.update().where(potholes.c.id == bindparam("pid")).values({c: bindparam(c) for c in moved}),
+            "places": select(sightings.c.pothole_id, sightings.c.lat, sightings.c.lon)
+            .where(sightings.c.pothole_id.in_(bindparam("ids", expanding=True)))
+            .order_by(sightings.c.id),
+            "move": potholes.update().where(potholes.c.id == bindparam("pid")).values({c: bindparam(c) for c in MOVED}),
+            "repass": passes.update()
+            .where(passes.c.id == bindparam("pass_id"))
+            .values(time=bindparam("new_time"), detected=bindparam("new_detected")),
+            "repaired": potholes.update()
+            .where(potholes.c.id == bindparam("pid"))
+            .values(possibly_repaired=bindparam("repaired")),
+            "drove": runs.update()
+            .where(runs.c.id == bindparam("run"))
+            .values(
+                first_time=case(
+                    (or_(runs.c.first_time.is_(None), runs.c.first_time > bindparam("start")), bindparam("start")),
+                    else_=runs.c.first_time,
+                ),
+                distance_m=func.coalesce(runs.c.distance_m, 0.0) + bindparam("metres"),
+            ),
             "passed": select(passes.c.id, passes.c.pothole_id, passes.c.time, passes.c.detected).where(
                 passes.c.run_id == bindparam("run"), passes.c.pothole_id.in_(bindparam("ids", expanding=True))
             ),
@@ -370,38 +366,76 @@ class Registry:
         return [self.ingest([one])[0] for one in batch]
 
     def _ingest(self, db: Any, batch: list[Incoming]) -> list[str]:
-        """The batch's statements are few on purpose: on PostgreSQL each is a round trip."""
-        messages = self.t["messages"]
+        """Work the batch out in memory, then write it: a few statements per table, whatever its size."""
         self._lock(db, batch)
         ids = [m.id for m in batch]
         known = set()
         for n in range(0, len(ids), _CHUNK):
             known |= {r[0] for r in db.execute(self.q["known"], {"ids": ids[n : n + _CHUNK]})}
-        index = _CellIndex(self._load(db, [m for m in batch if m.id not in known]))
+        fresh = [m for m in batch if m.id not in known]
+        work = Batch(CellIndex(self._load(db, fresh)), self.radius_m, lambda p: self._places(db, [p])[id(p)])
+        # the places of every loaded pothole an event can match, at once: a pothole that moves into reach during
+        # the batch is looked up on its own
+        reach = {id(p): p for m in fresh if m.kind == "event" for _, a, b in m.points() for p in work.candidates(a, b)}
+        work.places.update(self._places(db, list(reach.values())))
         runs: dict[str, int] = {}
-        detected: dict[int, dict[int, tuple[dict[str, Any], float, bool]]] = {}  # run -> pothole -> its pass
-        rows, new, outcome = [], [], []
+        outcome = []
         for m in batch:
             if m.id in known:
                 outcome.append("duplicate")
                 continue
             known.add(m.id)  # the same id twice in one batch is written once
             run_id = runs.get(m.run_name) or self._run(db, m, runs)
-            rows.append({"id": m.id, "kind": m.kind, "run_id": run_id, "received": m.received})
+            work.messages.append({"id": m.id, "kind": m.kind, "run_id": run_id, "received": m.received})
             if m.kind == "track":
-                self._passes(db, run_id, list(detected.pop(run_id, {}).values()))  # sightings first: fewer updates
-                self._track(db, run_id, m, index)
+                work.track(run_id, int(m.message.get("chunk", 0)), m.points())
             elif m.message.get("position"):
-                pothole, when = self._sighting(db, run_id, m, index, new)
-                earlier = detected.setdefault(run_id, {}).get(pothole["id"])
-                detected[run_id][pothole["id"]] = (pothole, min(when, earlier[1]) if earlier else when, True)
+                (point,) = m.points()
+                work.sighting(run_id, int(m.message["event"]), point, float(m.message["peak_prob"]), m.snapshot)
             outcome.append("added")
-        if rows:
-            db.execute(messages.insert(), rows)
-        self._passed_before(db, new)
-        for run_id, seen in detected.items():
-            self._passes(db, run_id, list(seen.values()))
+        self._write(db, work)
         return outcome
+
+    def _places(self, db: Any, potholes: list[dict[str, Any]]) -> dict[int, list[tuple[float, float]]]:
+        """id(pothole) -> its sightings' places, in the order they were seen."""
+        by_id = {p["id"]: p for p in potholes}
+        places: dict[int, list[tuple[float, float]]] = {id(p): [] for p in potholes}
+        keys = sorted(by_id)
+        for n in range(0, len(keys), _CHUNK):
+            for r in db.execute(self.q["places"], {"ids": keys[n : n + _CHUNK]}):
+                places[id(by_id[r.pothole_id])].append((r.lat, r.lon))
+        return places
+
+    def _write(self, db: Any, work: Batch) -> None:
+        """New potholes first (the sightings and passes need their ids), then each table in one statement."""
+        potholes, sightings, chunks = self.t["potholes"], self.t["sightings"], self.t["track_chunks"]
+        if work.new:
+            rows = [{k: v for k, v in p.items() if k != "id"} for p in work.new]
+            made = db.execute(potholes.insert().returning(potholes.c.id, sort_by_parameter_order=True), rows)
+            for p, pid in zip(work.new, made.scalars().all()):
+                p["id"] = pid
+        if work.moved:
+            db.execute(self.q["move"], [{"pid": p["id"], **{c: p[c] for c in MOVED}} for p in work.moved.values()])
+        if work.sightings:
+            db.execute(sightings.insert(), [{**row, "pothole_id": p["id"]} for p, row in work.sightings])
+        if work.chunks:
+            made = db.execute(
+                chunks.insert().returning(chunks.c.id, sort_by_parameter_order=True), [r for r, _ in work.chunks]
+            )
+            cells = [
+                {"chunk_id": c, "cell": k}
+                for c, (_, keys) in zip(made.scalars().all(), work.chunks)
+                for k in sorted(keys)
+            ]
+            if cells:
+                db.execute(self.t["track_cells"].insert(), cells)
+        if work.runs:
+            db.execute(self.q["drove"], [{"run": r, "start": s, "metres": m} for r, (s, m) in work.runs.items()])
+        if work.messages:
+            db.execute(self.t["messages"].insert(), work.messages)
+        self._passed_before(db, work)
+        for run_id, seen in work.passes.items():
+            self._passes(db, run_id, list(seen.values()))
 
     def _lock(self, db: Any, batch: list[Incoming]) -> None:
         """PostgreSQL: hold every cell, run and message id this batch touches until commit, taken in one order so
@@ -433,15 +467,15 @@ class Registry:
 
         potholes = self.t["potholes"]
         if self.postgis:
-            shapes = [_wkt(m.points()) for m in batch if m.points()]
+            # one GiST probe per event's point and per short piece of track: a probe's box is the shape's, so a
+            # chunk's whole line (a kilometre of winding street) would test every pothole of its district; the
+            # search reaches twice the radius, since a pothole just outside may move inside during this batch
+            shapes = [_wkt(piece) for m in batch for piece in _pieces(m.points(), _PIECE)]
             if not shapes:
                 return []
-            # one GiST probe per event's point and per track chunk's line (a multipoint of the whole batch would
-            # be tested against every pothole); the search reaches twice the radius, since a pothole just outside
-            # may move inside during this batch
             ids = text(
                 "SELECT DISTINCT p.id FROM unnest(CAST(:shapes AS text[])) AS q(wkt) "
-                "JOIN potholes p ON ST_DWithin(p.geog, ST_GeogFromText(q.wkt), :reach)"
+                "JOIN potholes p ON ST_DWithin(p.geog, ST_GeogFromText(q.wkt), :reach, false)"
             ).bindparams(shapes=shapes, reach=self.radius_m * 2)
             return [dict(r._mapping) for r in db.execute(select(potholes).where(potholes.c.id.in_(ids)))]
         keys, rows = self._cells(batch), []
@@ -461,167 +495,62 @@ class Registry:
         runs[m.run_name] = row[0]
         return row[0]
 
-    def _track(self, db: Any, run_id: int, m: Incoming, index: _CellIndex) -> None:
-        """Store the chunk, then every pothole it came within the radius of has been passed by this run."""
-        import numpy as np
-        from sqlalchemy import case, func, or_
-
-        runs, chunks = self.t["runs"], self.t["track_chunks"]
-        points = m.points()
-        chunk_id = db.execute(
-            chunks.insert().values(
-                run_id=run_id,
-                chunk=int(m.message.get("chunk", 0)),
-                points=json.dumps([[round(t, 3), round(a, 7), round(b, 7)] for t, a, b in points]),
-            )
-        ).inserted_primary_key[0]
-        if not points:
-            return
-        cells = {cell_of(lat, lon) for _, lat, lon in points}
-        db.execute(self.t["track_cells"].insert(), [{"chunk_id": chunk_id, "cell": cell_key(*c)} for c in cells])
-        length = sum(distance_m(a[1], a[2], b[1], b[2]) for a, b in zip(points, points[1:]))
-        start = points[0][0]
-        db.execute(
-            runs.update()
-            .where(runs.c.id == run_id)
-            .values(
-                first_time=case(
-                    (or_(runs.c.first_time.is_(None), runs.c.first_time > start), start), else_=runs.c.first_time
-                ),
-                distance_m=func.coalesce(runs.c.distance_m, 0.0) + length,
-            )
-        )
-        array = np.array(points, dtype=np.float64)
-        around = set().union(*(near_cells(*c, self.radius_m) for c in cells))
-        near = index.near(around)
-        if not near:
-            return
-        # every candidate against every point at once: a (potholes x points) matrix of metres
-        metres = _metres(
-            array[None, :, 1], array[None, :, 2], *np.array([[p["lat"], p["lon"]] for p in near]).T[:, :, None]
-        )
-        times = np.where(metres <= self.radius_m, array[None, :, 0], np.inf).min(axis=1)
-        self._passes(db, run_id, [(p, float(t), False) for p, t in zip(near, times) if np.isfinite(t)])
-
-    def _sighting(
-        self, db: Any, run_id: int, m: Incoming, index: _CellIndex, new: list[dict[str, Any]]
-    ) -> tuple[dict[str, Any], float]:
-        """Match or make (and add to `new`) the pothole; returns it and when it was seen, for the run's pass."""
-        ((when, lat, lon),) = m.points()
-        prob = float(m.message["peak_prob"])
-        near = min(
-            index.near(near_cells(*cell_of(lat, lon), self.radius_m)),
-            key=lambda p: distance_m(p["lat"], p["lon"], lat, lon),
-            default=None,
-        )
-        made = near is None or distance_m(near["lat"], near["lon"], lat, lon) > self.radius_m
-        if made:
-            near = self._new(db, when, lat, lon, prob, m.snapshot)  # its place and counts are final: no refresh
-            index.put(near)
-            new.append(near)
-        row = {"run_id": run_id, "pothole_id": near["id"], "event_id": int(m.message["event"]), "time": when}
-        db.execute(self.t["sightings"].insert(), {**row, "lat": lat, "lon": lon, "prob": prob, "snapshot": m.snapshot})
-        if not made:
-            index.move(near, self._refresh(db, near, when, prob, m.snapshot))
-        return near, when
-
-    def _new(self, db: Any, when: float, lat: float, lon: float, prob: float, snapshot: str | None) -> dict[str, Any]:
-        row = {
-            "lat": lat,
-            "lon": lon,
-            "sightings": 1,
-            "first_seen": when,
-            "last_seen": when,
-            "max_prob": prob,
-            "best_snapshot": snapshot,
-            "possibly_repaired": False,
-            "cell": cell_key(*cell_of(lat, lon)),
-        }
-        row["id"] = db.execute(self.t["potholes"].insert(), row).inserted_primary_key[0]
-        return row
-
-    def _passed_before(self, db: Any, potholes: list[dict[str, Any]]) -> None:
+    def _passed_before(self, db: Any, work: Batch) -> None:
         """New potholes were passed by every run whose track, already here, came within the radius of them:
-        messages arrive in any order, and a van that was offline for days sends its track late. One query for
-        the batch's new potholes, then one pass list per run."""
+        messages arrive in any order, and a van that was offline for days sends its track late. One query per
+        _CHUNK cells of the batch's new potholes."""
         import numpy as np
 
-        if not potholes:
-            return
         by_key: dict[int, list[dict[str, Any]]] = {}
-        for p in potholes:
+        for p in work.new:
             for k in near_cells(*cell_of(p["lat"], p["lon"]), self.radius_m):
                 by_key.setdefault(k, []).append(p)
-        passed: dict[int, dict[int, tuple[dict[str, Any], float, bool]]] = {}  # run -> pothole -> its pass
         keys = sorted(by_key)
         for n in range(0, len(keys), _CHUNK):
             chunk = keys[n : n + _CHUNK]
             near = list({id(p): p for k in chunk for p in by_key[k]}.values())
             places = np.array([[p["lat"], p["lon"]] for p in near])
             for run_id, text in db.execute(self.q["crossed"], {"keys": chunk}).all():
-                array = np.array(json.loads(text), dtype=np.float64).reshape(-1, 3)
-                metres = _metres(array[None, :, 1], array[None, :, 2], places[:, 0, None], places[:, 1, None])
-                times = np.where(metres <= self.radius_m, array[None, :, 0], np.inf).min(axis=1)
-                for p, when in zip(near, times.tolist()):
-                    if math.isfinite(when):
-                        earlier = passed.setdefault(run_id, {}).get(p["id"])
-                        passed[run_id][p["id"]] = (p, min(when, earlier[1]) if earlier else when, False)
-        for run_id, seen in passed.items():
-            self._passes(db, run_id, list(seen.values()))
-
-    def _refresh(self, db: Any, pothole: dict[str, Any], when: float, prob: float, snapshot: str | None) -> int:
-        """Move the pothole to its sightings' median; returns the cell it was in before."""
-        rows = db.execute(self.q["places"], {"pid": pothole["id"]}).all()
-        was = pothole["cell"]
-        lat, lon = _median_place(rows)
-        values = {
-            "lat": lat,
-            "lon": lon,
-            "cell": cell_key(*cell_of(lat, lon)),
-            "sightings": len(rows),
-            "first_seen": min(pothole["first_seen"], when),
-            "last_seen": max(pothole["last_seen"], when),
-            "max_prob": max(pothole["max_prob"], prob),
-        }
-        better = snapshot and (prob > pothole["max_prob"] or pothole["best_snapshot"] is None)
-        values["best_snapshot"] = snapshot if better else pothole["best_snapshot"]
-        pothole.update(values)
-        db.execute(self.q["move"], {"pid": pothole["id"], **values})
-        return was
+                points = np.array(json.loads(text), dtype=np.float64).reshape(-1, 3)
+                for p, when in zip(near, first_within(points, places, self.radius_m)):
+                    if when != float("inf"):
+                        work.passed(run_id, p, when, False)
 
     def _passes(self, db: Any, run_id: int, seen: list[tuple[dict[str, Any], float, bool]]) -> None:
         """Record that the run passed each pothole (at a time, detected or not), then whether the last
         `repaired_after` passes of each all missed it. A few statements for the lot, not a few per pothole."""
-
-        if not seen:
-            return
-        passes, potholes = self.t["passes"], self.t["potholes"]
         ids = [p["id"] for p, _, _ in seen]
         known = {r.pothole_id: r for r in db.execute(self.q["passed"], {"run": run_id, "ids": ids})}
-        new, changed = [], []
+        new, again, changed = [], [], []
         for p, when, detected in seen:
             row = known.get(p["id"])
             if row is None:
                 new.append({"run_id": run_id, "pothole_id": p["id"], "time": when, "detected": detected})
             elif (detected and not row.detected) or when < row.time:
-                values = {"detected": row.detected or detected, "time": min(row.time, when)}
-                db.execute(passes.update().where(passes.c.id == row.id).values(**values))
+                again.append(
+                    {"pass_id": row.id, "new_detected": row.detected or detected, "new_time": min(row.time, when)}
+                )
             else:
                 continue
             changed.append(p)
         if new:
-            db.execute(passes.insert(), new)
+            db.execute(self.t["passes"].insert(), new)
+        if again:
+            db.execute(self.q["repass"], again)
         if not changed:
             return
         history: dict[int, list[bool]] = {}
         for r in db.execute(self.q["history"], {"ids": [p["id"] for p in changed], "n": self.repaired_after}):
             history.setdefault(r.pothole_id, []).append(bool(r.detected))
+        flips = []
         for p in changed:
             last = history.get(p["id"], [])
             repaired = len(last) == self.repaired_after and not any(last)
             if repaired != p["possibly_repaired"]:
-                db.execute(potholes.update().where(potholes.c.id == p["id"]).values(possibly_repaired=repaired))
+                flips.append({"pid": p["id"], "repaired": repaired})
                 p["possibly_repaired"] = repaired
+        if flips:
+            db.execute(self.q["repaired"], flips)
 
     def potholes(self, bbox: tuple[float, float, float, float] | None = None) -> list[dict[str, Any]]:
         """Every pothole, or those inside (west, south, east, north), with the runs that saw each."""
@@ -665,44 +594,14 @@ class Registry:
             ]
 
 
+def _pieces(points: list[Any], n: int) -> list[list[Any]]:
+    """Runs of at most n points, each starting where the last ended, so no stretch between points is lost."""
+    if len(points) <= n:
+        return [points] if points else []
+    return [points[k : k + n] for k in range(0, len(points) - 1, n - 1)]
+
+
 def _wkt(points: list[tuple[float, float, float]]) -> str:
     """WKT in WGS 84 (longitude first) of an event's point or a track chunk's line."""
     xy = ",".join(f"{lon!r} {lat!r}" for _, lat, lon in points)
     return f"SRID=4326;LINESTRING({xy})" if len(points) > 1 else f"SRID=4326;POINT({xy})"
-
-
-def _metres(lat: Any, lon: Any, lat0: Any, lon0: Any) -> Any:
-    """distance_m between numpy arrays of points (broadcast): the same haversine, vectorised."""
-    import numpy as np
-
-    p1, p2 = np.radians(lat), np.radians(lat0)
-    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon0 - lon) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(a)))
-
-
-def _median_place(rows: list[Any]) -> tuple[float, float]:
-    """The median of sightings' places; longitudes as offsets from the first sighting's, so sightings either
-    side of 180 degrees stay together."""
-    lat = statistics.median(r.lat for r in rows)
-    offset = statistics.median((r.lon - rows[0].lon + 180) % 360 - 180 for r in rows)
-    return lat, (rows[0].lon + offset + 180) % 360 - 180
-
-
-class _CellIndex:
-    """The potholes a batch loaded, by cell key, kept current as sightings add and move them."""
-
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.cells: dict[int, list[dict[str, Any]]] = {}
-        for r in rows:
-            self.put(r)
-
-    def put(self, pothole: dict[str, Any]) -> None:
-        self.cells.setdefault(pothole["cell"], []).append(pothole)
-
-    def move(self, pothole: dict[str, Any], was: int) -> None:
-        if pothole["cell"] != was:
-            self.cells[was].remove(pothole)
-            self.put(pothole)
-
-    def near(self, keys: set[int]) -> list[dict[str, Any]]:
-        return [p for k in keys for p in self.cells.get(k, ())]

@@ -95,6 +95,45 @@ def test_each_message_counts_once_even_twice_in_one_batch_and_in_any_order(tmp_p
     assert len(registry.tracks()) == 2 and len(registry.tracks()[0]["points"]) == 300
 
 
+def test_a_batch_takes_the_same_few_statements_on_postgresql_whatever_its_size(postgres):
+    """Each statement is a round trip: a drive's batch must not take one per message."""
+    from sqlalchemy import create_engine, event
+
+    server = create_engine("postgresql+psycopg://" + postgres[len("postgresql://") :], isolation_level="AUTOCOMMIT")
+    with server.connect() as db:  # a database of its own: the server is shared with other tests
+        db.exec_driver_sql("CREATE DATABASE batch_sizes")
+    engine = create_engine(server.url.set(database="batch_sizes").render_as_string(hide_password=False))
+    registry = Registry(engine)
+    statements = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    counts, made = [], 0
+    for key, n in (("small", 10), ("large", 60)):
+        street = _line((48.1, 11.5 + len(counts) * 0.1), (48.1, 11.55 + len(counts) * 0.1), 2000)
+        holes = [street[k] for k in range(0, 2000, 2000 // n)]
+        made += len(holes)
+        # each pothole twice (a second sighting moves it), and a track in chunks of 200 points
+        messages = _run(key, holes + [_offset(*h, 1, 1) for h in holes], street)
+        statements.clear()
+        assert set(_add(registry, messages)) == {"added"}
+        counts.append(len(statements))
+    assert counts[0] == counts[1] <= 20
+    assert len(registry.potholes()) == made and {r["sightings"] for r in registry.potholes()} == {2}
+
+
+def test_a_pothole_that_moves_into_reach_during_a_batch_has_its_places_looked_up():
+    from pothole_edge.office.batch import Batch, CellIndex
+
+    lat, lon = 48.1, 11.5
+    known = {"id": 7, "lat": lat, "lon": lon, "sightings": 1, "first_seen": 0.0, "last_seen": 0.0, "max_prob": 0.9}
+    known.update(best_snapshot=None, possibly_repaired=False, cell=cell_key(*cell_of(lat, lon)))
+    asked = []
+    batch = Batch(CellIndex([known]), 8.0, lambda p: asked.append(p["id"]) or [(lat, lon)])
+    assert batch.sighting(1, 0, (5.0, *_offset(lat, lon, 4, 0)), 0.95, "a.jpg") is known
+    assert asked == [7] and known["sightings"] == 2 and known["best_snapshot"] == "a.jpg"
+    assert distance_m(known["lat"], known["lon"], *_offset(lat, lon, 2, 0)) < 0.01  # the median of two places
+    assert batch.moved == {id(known): known} and not batch.new
+
+
 def test_sightings_either_side_of_180_degrees_make_one_pothole_there(tmp_path):
     registry = Registry(engine_for(None, str(tmp_path / "r.sqlite")))
     east, west = (-16.5, 179.99997), (-16.5, -179.99997)  # about 6 m apart in Fiji

@@ -24,8 +24,9 @@ from pothole_edge.train.distributed import Context, barrier
 from pothole_edge.train.engine import EarlyStopping, Predictions, predict, train_one_epoch
 from pothole_edge.train.loader import FrameDataset, TileDataset, make_loader
 from pothole_edge.train.metrics import choose_threshold
-from pothole_edge.train.models import build_model, create_model, freeze, normalized, resolve_preprocess
+from pothole_edge.train.models import normalized, resolve_preprocess
 from pothole_edge.train.report import format_metrics, write_report
+from pothole_edge.train.state import TrainState, new_state
 from pothole_edge.train.tiles import Footprint, footprint_of, plan_epoch
 
 log = logging.getLogger("pt-train")
@@ -107,163 +108,42 @@ def _rescore(
 
 
 def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Context, started: float) -> dict[str, Any]:
+    """Train until early stopping or --epochs, saving the whole state after every epoch, then finish."""
     spec = base_spec(config, folder)
-    manifest_sha256 = data.manifest_hash((out / "split.csv").read_text(encoding="utf-8", errors="surrogateescape"))
+    manifest = (out / "split.csv").read_text(encoding="utf-8", errors="surrogateescape")
     meta = {
         "config": to_dict(config),
-        "manifest_sha256": manifest_sha256,
+        "manifest_sha256": data.manifest_hash(manifest),
         "package_version": __version__,
         "torch_version": str(torch.__version__),
     }
-    last = (
-        checkpoint.read_state(out / LAST)[0]
-        if (out / LAST).is_file() or checkpoint.previous_path(out / LAST).is_file()
-        else None
-    )
-    torch.manual_seed(config.seed)
-    bare = create_model(config.arch) if last else build_model(config.arch, config.weights)
-    if last:
-        bare.load_state_dict(last["state_dict"])
-    if config.freeze:
-        trainable = freeze(bare, config.arch, config.freeze)
+    resuming = (out / LAST).is_file() or checkpoint.previous_path(out / LAST).is_file()
+    state = new_state(config, spec["preprocess"], ctx, resuming)
+    if resuming:
+        state.load_state_dict(checkpoint.read_state(out / LAST)[0])
         if ctx.is_main:
-            log.info("first %d stages frozen: %d parameters train", config.freeze, trainable)
-    net = normalized(bare, spec["preprocess"]).to(ctx.device)
-    if ctx.device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # tiles have one shape: the fastest kernels are found once
-    model = (
-        torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
-        if ctx.distributed
-        else net
-    )
-
+            best = (state.stopper.best, state.stopper.best_epoch + 1)
+            log.info(
+                "resuming after epoch %d of %d (best val loss %.4f at epoch %d)", state.epoch, config.epochs, *best
+            )
     samples = folder.split("train")
-    paths = [folder.path(s) for s in samples]
     val_loader = frame_loader(folder, folder.split("val"), spec, config, ctx)
-    whole_only = spec["view"]["grids"] == [[1, 1]]
     weights = _class_weights(samples, config.class_weight)
     criterion = torch.nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(ctx.device), label_smoothing=config.label_smoothing
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=0.3, patience=config.lr_patience
-    )
-    amp = config.amp and ctx.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    stopper = EarlyStopping(config.patience, config.min_delta)
-    history: list[dict[str, Any]] = []
-    hottest: dict[int, Footprint] = {}
-    start = 0
-    if last:
-        optimizer.load_state_dict(last["optimizer"])
-        scheduler.load_state_dict(last["scheduler"])
-        stopper.load_state_dict(last["stopper"])
-        if scaler is not None and last.get("scaler"):
-            scaler.load_state_dict(last["scaler"])
-        hottest = {int(i): tuple(fp) for i, fp in zip(last["hottest"]["index"], last["hottest"]["footprint"])}
-        history, start = list(last["history"]), last["epoch"] + 1
+    while state.epoch < config.epochs and not state.stopper.should_stop:
+        improved = _epoch(state, config, folder, samples, spec, criterion, val_loader, ctx)
         if ctx.is_main:
-            log.info(
-                "resuming after epoch %d of %d (best val loss %.4f at epoch %d)",
-                start,
-                config.epochs,
-                stopper.best,
-                stopper.best_epoch + 1,
-            )
-
-    for epoch in range(start, config.epochs):
-        if stopper.should_stop:
-            break
-        t0 = time.time()
-        torch.manual_seed(config.seed + epoch)
-        draws = plan_epoch(
-            samples, epoch, config.seed, config.labels, whole_only, hottest, [1, 1] in spec["view"]["grids"]
-        )
-        tiles = TileDataset(paths, samples, draws, spec, config.augment)
-        sampler = (
-            DistributedSampler(tiles, ctx.world_size, ctx.rank, shuffle=False, seed=config.seed)
-            if ctx.distributed
-            else None
-        )
-        # DistributedSampler pads every rank to the same count, rounding up
-        per_rank = math.ceil(len(tiles) / ctx.world_size)
-        loader = make_loader(
-            tiles,
-            config.batch_size,
-            config.workers,
-            sampler=sampler,
-            seed=config.seed + epoch,
-            drop_last=per_rank % config.batch_size == 1,
-        )
-        train_loss, train_acc, skipped = train_one_epoch(
-            model, loader, criterion, optimizer, ctx, scaler, amp, desc=f"epoch {epoch + 1}/{config.epochs}"
-        )
-        if skipped and ctx.is_main:
-            log.warning("epoch %d skipped %d tile(s) of unreadable files", epoch + 1, skipped)
-        if not whole_only:
-            _rescore(net, folder, samples, _scoring_targets(samples, config, epoch), spec, config, ctx, hottest)
-        val = predict(net, val_loader, ctx, amp, spec["view"], desc="validating")
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(val.loss)
-        improved = stopper.step(val.loss, epoch)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val.loss,
-                "val_acc": val.accuracy,
-                "val_auc": _auc(val),
-                "lr": lr,
-                "seconds": round(time.time() - t0, 2),
-            }
-        )
-        if ctx.is_main:
-            if improved:
-                checkpoint.save(meta | {"spec": spec, "state_dict": bare.state_dict(), "epoch": epoch + 1}, out / BEST)
-            order = sorted(hottest)
-            state = {
-                "state_dict": bare.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "stopper": stopper.state_dict(),
-                "history": history,
-                "epoch": epoch,
-                "hottest": {"index": order, "footprint": [list(hottest[i]) for i in order]},
-            }
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            checkpoint.save(
-                state, out / LAST, keep_previous=True
-            )  # after best.pt, so a resumed run never lacks its best
-            write_text(out / "history.csv", _history_csv(history))
-            mark = "  * best" if improved else ""
-            h = history[-1]
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.3f  val loss %.4f acc %.3f auc %.3f  lr %.1e  %.0fs%s",
-                epoch + 1,
-                config.epochs,
-                train_loss,
-                train_acc,
-                val.loss,
-                val.accuracy,
-                h["val_auc"],
-                lr,
-                h["seconds"],
-                mark,
-            )
+            _save(state, improved, meta | {"spec": spec}, out)
         barrier(ctx)
-    if stopper.should_stop and ctx.is_main:
+    if state.stopper.should_stop and ctx.is_main:
+        best_epoch = state.stopper.best_epoch + 1
         log.info(
             "early stop: no val loss gain of %g for %d epochs; restoring epoch %d",
             config.min_delta,
             config.patience,
-            stopper.best_epoch + 1,
+            best_epoch,
         )
     if not ctx.is_main:
         # the other ranks are done: they do not wait (past any NCCL timeout) while rank 0 evaluates
@@ -272,14 +152,99 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
         config,
         out,
         folder,
-        bare,
+        state.bare,
         spec,
         meta,
-        history,
-        stopper,
+        state.history,
+        state.stopper,
         Context(0, 1, ctx.device),
         started,
         world_size=ctx.world_size,
+    )
+
+
+def _epoch(
+    state: TrainState,
+    config: TrainConfig,
+    folder: data.LabelledFolder,
+    samples: list[data.Sample],
+    spec: dict[str, Any],
+    criterion: torch.nn.Module,
+    val_loader: Any,
+    ctx: Context,
+) -> bool:
+    """One epoch: this epoch's tiles, a pass over them, re-scoring the hard tiles, validation, the schedule.
+    Returns whether the validation loss is the best so far; the epoch's row is in the history."""
+    t0, epoch = time.time(), state.epoch
+    torch.manual_seed(config.seed + epoch)
+    grids = spec["view"]["grids"]
+    whole_only = grids == [[1, 1]]
+    draws = plan_epoch(samples, epoch, config.seed, config.labels, whole_only, state.hottest, [1, 1] in grids)
+    tiles = TileDataset([folder.path(s) for s in samples], samples, draws, spec, config.augment)
+    sampler = (
+        DistributedSampler(tiles, ctx.world_size, ctx.rank, shuffle=False, seed=config.seed)
+        if ctx.distributed
+        else None
+    )
+    # DistributedSampler pads every rank to the same count, rounding up
+    per_rank = math.ceil(len(tiles) / ctx.world_size)
+    loader = make_loader(
+        tiles,
+        config.batch_size,
+        config.workers,
+        sampler=sampler,
+        seed=config.seed + epoch,
+        drop_last=per_rank % config.batch_size == 1,
+    )
+    desc = f"epoch {epoch + 1}/{config.epochs}"
+    train_loss, train_acc, skipped = train_one_epoch(
+        state.model, loader, criterion, state.optimizer, ctx, state.scaler, state.amp, desc=desc
+    )
+    if skipped and ctx.is_main:
+        log.warning("epoch %d skipped %d tile(s) of unreadable files", epoch + 1, skipped)
+    if not whole_only:
+        targets = _scoring_targets(samples, config, epoch)
+        _rescore(state.net, folder, samples, targets, spec, config, ctx, state.hottest)
+    val = predict(state.net, val_loader, ctx, state.amp, spec["view"], desc="validating")
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.scheduler.step(val.loss)
+    improved = state.stopper.step(val.loss, epoch)
+    state.history.append(
+        {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val.loss,
+            "val_acc": val.accuracy,
+            "val_auc": _auc(val),
+            "lr": lr,
+            "seconds": round(time.time() - t0, 2),
+        }
+    )
+    state.epoch += 1
+    return improved
+
+
+def _save(state: TrainState, improved: bool, meta: dict[str, Any], out: Path) -> None:
+    """best.pt when the epoch improved, then the whole state (after best.pt, so a resumed run never lacks its
+    best), the history, and the epoch's line."""
+    h = state.history[-1]
+    if improved:
+        checkpoint.save(meta | {"state_dict": state.bare.state_dict(), "epoch": h["epoch"]}, out / BEST)
+    checkpoint.save(state.state_dict(), out / LAST, keep_previous=True)
+    write_text(out / "history.csv", _history_csv(state.history))
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.3f  val loss %.4f acc %.3f auc %.3f  lr %.1e  %.0fs%s",
+        h["epoch"],
+        meta["config"]["epochs"],
+        h["train_loss"],
+        h["train_acc"],
+        h["val_loss"],
+        h["val_acc"],
+        h["val_auc"],
+        h["lr"],
+        h["seconds"],
+        "  * best" if improved else "",
     )
 
 

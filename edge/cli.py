@@ -85,7 +85,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save-video", action="store_true", help="write annotated.mp4")
     p.add_argument("--show", action="store_true", help="open a window when a display exists")
-    g = p.add_argument_group("GPS")
+    _gps_options(p.add_argument_group("GPS"))
+    _delivery_options(p.add_argument_group("delivery"))
+    _storage_options(p.add_argument_group("clips and storage"))
+    return p
+
+
+def _gps_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--gps", metavar="SOURCE", help="drive.gpx, drive.nmea, gpsd[:HOST:PORT] or serial:/dev/ttyUSB0[@BAUD]"
     )
@@ -129,7 +135,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="M",
         help="metres of road the view sees ahead, for the coverage figures (default: 8)",
     )
-    d = p.add_argument_group("delivery")
+
+
+def _delivery_options(d: argparse._ArgumentGroup) -> None:
     d.add_argument(
         "--mqtt", metavar="URL", help="publish each event with QoS 1: mqtt://HOST[:PORT], mqtts://, mqtt://USER@HOST"
     )
@@ -172,7 +180,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--attach-snapshot", action="store_true", help="put the snapshot in the message as base64, not its path"
     )
-    c = p.add_argument_group("clips and storage")
+
+
+def _storage_options(c: argparse._ArgumentGroup) -> None:
     c.add_argument(
         "--clips",
         metavar="PRE,POST",
@@ -189,7 +199,6 @@ def parser() -> argparse.ArgumentParser:
             "(default: no cap)"
         ),
     )
-    return p
 
 
 def main(argv: list[str] | None = None) -> None:

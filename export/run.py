@@ -163,10 +163,10 @@ def _simplify(path: Path, probe: np.ndarray) -> None:
         )
 
 
-def _onnx_tiles(path: Path, tiles: np.ndarray, batch_size: int) -> tuple[Any, np.ndarray]:
+def _onnx_tiles(path: Path, tiles: np.ndarray, batch_size: int, device: str = "cpu") -> tuple[Any, np.ndarray]:
     from pothole_edge.session import Runner, open_session
 
-    runner = Runner(open_session(path, "cpu", threads=usable_cores()))
+    runner = Runner(open_session(path, device, threads=usable_cores()))
     flat = tiles.reshape(-1, *tiles.shape[2:])
     return runner, runner.probs_batched(flat, batch_size).reshape(tiles.shape[:2])
 
@@ -248,6 +248,22 @@ def export(config: ExportConfig) -> dict[str, Any]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Proof:
+    """The test tiles and PyTorch's probabilities for them, against which every ONNX model is checked."""
+
+    reference: np.ndarray  # frames x tiles
+    labels: np.ndarray
+    tiles: np.ndarray
+    spec: dict[str, Any]
+    batch_size: int
+
+    def check(self, name: str, path: Path, gate: Any, own: float | None = None, device: str = "cpu") -> dict[str, Any]:
+        _, got = _onnx_tiles(path, self.tiles, self.batch_size, device)
+        report = parity.compare(name, self.reference, got, self.labels, self.spec, gate, own)
+        return report | {"device": device}
+
+
 def _export(
     config: ExportConfig,
     ckpt_path: Path,
@@ -256,34 +272,19 @@ def _export(
     stage: Path,
     int8_range: tuple[bool, str],
 ) -> dict[str, Any]:
-    import torch
-
-    from pothole_edge.export import variants
     from pothole_edge.export.graph import to_onnx
-    from pothole_edge.train.network import Deployable
 
     spec = ckpt["spec"]
     paths, labels, tiles = load_tiles(samples, spec, "test images")
-    flat = tiles.reshape(-1, *tiles.shape[2:])
-    module = Deployable(checkpoint.model_from_checkpoint(ckpt)).eval()
-    pos = spec["positive_index"]
-    with torch.no_grad():
-        ref = np.concatenate(
-            [
-                module(torch.from_numpy(flat[i : i + config.batch_size])).numpy()[:, pos]
-                for i in range(0, len(flat), config.batch_size)
-            ]
-        )
-    reference = ref.astype(np.float64).reshape(tiles.shape[:2])
-
-    sha = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
-    meta = build_metadata(ckpt, sha, config.opset)
+    module, reference = _reference(ckpt, tiles, config.batch_size)
+    proof = _Proof(reference, labels, tiles, spec, config.batch_size)
+    meta = build_metadata(ckpt, hashlib.sha256(ckpt_path.read_bytes()).hexdigest(), config.opset)
     fp32 = stage / "model.onnx"
     to_onnx(module, fp32, config.opset, spec["preprocess"]["crop"])
-    _finalise(fp32, meta, flat[:8] if config.simplify else None)
+    _finalise(fp32, meta, tiles.reshape(-1, *tiles.shape[2:])[:8] if config.simplify else None)
     fp32_runner, got = _onnx_tiles(fp32, tiles, config.batch_size)
     gate = parity.ExactGate(config.prob_tol, config.metric_tol, config.min_label_agreement)
-    reports = [parity.compare("pytorch vs ort fp32", reference, got, labels, spec, gate)]
+    reports = [parity.compare("pytorch vs ort fp32", reference, got, labels, spec, gate) | {"device": "cpu"}]
     result: dict[str, Any] = {
         "opset": config.opset,
         "data": str(config.data) if config.data else "manifest test split",
@@ -295,41 +296,86 @@ def _export(
         result["passed"] = False
         return result
     result["decoder_parity"] = _decoder_parity(fp32_runner, paths, tiles, spec)
-    frame = tiles[0]
-    timings = {"fp32": latency(lambda: fp32_runner.probs(frame), config.speed_runs, 5)}
+    timings = {"fp32": latency(lambda: fp32_runner.probs(tiles[0]), config.speed_runs, 5)}
     drop = parity.DropGate(config.int8_max_accuracy_drop, config.int8_max_auc_drop)
-    val = _validation(ckpt_path, ckpt, config)
-    wanted = [("int8", config.int8, False), ("int8-trt", config.int8_trt, True)]
-    calibration = _calibration(ckpt_path, ckpt, config, samples) if config.int8 or config.int8_trt else None
-    for variant, on, trt in wanted:
-        if not on:
-            continue
-        path = stage / f"model.{variant}.onnx"
-        variants.int8(fp32, path, calibration, reduce_range=int8_range[0], for_tensorrt=trt)
-        settings = {
-            "reduce_range": int8_range[0] and not trt,
-            "why": int8_range[1] if not trt else "TensorRT: signed symmetric",
-            "calibration_tiles": len(calibration),
-            "activations": "int8 symmetric" if trt else "uint8",
-        }
-        variant_meta = meta | {"variant": variant, "int8": settings}
-        _finalise(path, variant_meta, None)
-        runner, got = _onnx_tiles(path, tiles, config.batch_size)
-        own = _own_threshold(runner, val, variant_meta, path, config)
-        reports.append(parity.compare(f"pytorch vs ort {variant}", reference, got, labels, spec, drop, own))
-        timings[variant] = latency(lambda r=runner: r.probs(frame), config.speed_runs, 5)
-    if config.fp16:
-        path = stage / "model.fp16.onnx"
-        variants.fp16(fp32, path)
-        variant_meta = meta | {"variant": "fp16"}
-        _finalise(path, variant_meta, None)
-        runner, got = _onnx_tiles(path, tiles, config.batch_size)
-        own = _own_threshold(runner, val, variant_meta, path, config)
-        fp16_gate = dataclasses.replace(drop, prob_tol=config.fp16_prob_tol)
-        reports.append(parity.compare("pytorch vs ort fp16 (cpu)", reference, got, labels, spec, fp16_gate, own))
+    made = {"fp32": (fp32, drop, None)}
+    made |= _variants(config, ckpt_path, ckpt, samples, stage, meta, int8_range, proof, drop, reports, timings)
+    reports += _gpu_gates(made, proof)
     result["cpu_frame_latency"] = _speed(timings, int(tiles.shape[1]), config.speed_runs)
     result["passed"] = all(r["passed"] for r in reports)
     return result
+
+
+def _reference(ckpt: dict[str, Any], tiles: np.ndarray, batch_size: int) -> tuple[Any, np.ndarray]:
+    """The deployable module and its positive-class probability for every tile (frames x tiles)."""
+    import torch
+
+    from pothole_edge.train.network import Deployable
+
+    flat = tiles.reshape(-1, *tiles.shape[2:])
+    module = Deployable(checkpoint.model_from_checkpoint(ckpt)).eval()
+    pos = ckpt["spec"]["positive_index"]
+    with torch.no_grad():
+        ref = [
+            module(torch.from_numpy(flat[i : i + batch_size])).numpy()[:, pos] for i in range(0, len(flat), batch_size)
+        ]
+    return module, np.concatenate(ref).astype(np.float64).reshape(tiles.shape[:2])
+
+
+def _variants(
+    config: ExportConfig,
+    ckpt_path: Path,
+    ckpt: dict[str, Any],
+    samples: list[tuple[Path, int]],
+    stage: Path,
+    meta: dict[str, Any],
+    int8_range: tuple[bool, str],
+    proof: _Proof,
+    drop: parity.DropGate,
+    reports: list[dict[str, Any]],
+    timings: dict[str, Any],
+) -> dict[str, tuple[Path, Any, float | None]]:
+    """Make each variant asked for, from the one table, choose its own threshold and gate it on the CPU.
+    Returns name -> (path, gate, its threshold), for the GPU gates."""
+    from pothole_edge.export.variants import RECIPES
+
+    wanted = [r for r in RECIPES if getattr(config, r.flag)]
+    val = _validation(ckpt_path, ckpt, config)
+    calibrated = any(r.calibrated for r in wanted)
+    calibration = _calibration(ckpt_path, ckpt, config, samples) if calibrated else None
+    made = {}
+    for recipe in wanted:
+        path = stage / f"model.{recipe.name}.onnx"
+        variant_meta = (
+            meta | {"variant": recipe.name} | recipe.make(path.with_name("model.onnx"), path, calibration, int8_range)
+        )
+        _finalise(path, variant_meta, None)
+        runner, _ = _onnx_tiles(path, proof.tiles[:1], config.batch_size)
+        own = _own_threshold(runner, val, variant_meta, path, config)
+        gate = dataclasses.replace(drop, prob_tol=config.fp16_prob_tol) if recipe.name == "fp16" else drop
+        reports.append(proof.check(recipe.report, path, gate, own))
+        if recipe.timed:
+            timings[recipe.name] = latency(lambda r=runner: r.probs(proof.tiles[0]), config.speed_runs, 5)
+        made[recipe.name] = (path, gate, own)
+    return made
+
+
+def _gpu_gates(made: dict[str, tuple[Path, Any, float | None]], proof: _Proof) -> list[dict[str, Any]]:
+    """Where a GPU provider is present, each model is gated again on every one its variant is made for
+    (core.session.VARIANTS): a GPU's kernels are not the CPU's. FP32 is judged on the frames there, as the
+    reduced-precision variants are, since GPU convolutions do not round as the CPU's do."""
+    import onnxruntime as ort
+
+    from pothole_edge.session import PROVIDERS, VARIANTS
+
+    available = set(ort.get_available_providers())
+    reports = []
+    for name, (path, gate, own) in made.items():
+        for device in VARIANTS[name].devices:
+            if device != "cpu" and PROVIDERS[device] in available:
+                log.info("gating %s on %s", path.name, device)
+                reports.append(proof.check(f"pytorch vs ort {name} ({device})", path, gate, own, device))
+    return reports
 
 
 def _validation(ckpt_path: Path, ckpt: dict[str, Any], config: ExportConfig) -> tuple[np.ndarray, np.ndarray] | None:

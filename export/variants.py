@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,3 +89,40 @@ def fp16(fp32: Path, out: Path) -> Path:
     model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
     onnx.save(model, str(out))
     return out
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How pt-export makes one faster variant. Which providers may run it is core.session.VARIANTS[name], the
+    table edge-run and pt-bench read too; the export gates the variant on each of those it finds."""
+
+    name: str  # the variant: model.NAME.onnx, and `variant` in its metadata
+    flag: str  # the ExportConfig field that asks for it
+    make: Callable[[Path, Path, np.ndarray | None, tuple[bool, str]], dict[str, Any]]  # -> metadata to add
+    calibrated: bool  # needs INT8 calibration tiles
+    timed: bool  # its CPU frame latency is reported beside FP32's
+    report: str  # the name of its CPU gate in parity.json
+
+
+def _int8(fp32: Path, out: Path, tiles: np.ndarray | None, int8_range: tuple[bool, str]) -> dict[str, Any]:
+    int8(fp32, out, tiles, reduce_range=int8_range[0])
+    settings = {"reduce_range": int8_range[0], "why": int8_range[1], "activations": "uint8"}
+    return {"int8": settings | {"calibration_tiles": len(tiles)}}
+
+
+def _int8_trt(fp32: Path, out: Path, tiles: np.ndarray | None, int8_range: tuple[bool, str]) -> dict[str, Any]:
+    int8(fp32, out, tiles, for_tensorrt=True)
+    settings = {"reduce_range": False, "why": "TensorRT: signed symmetric", "activations": "int8 symmetric"}
+    return {"int8": settings | {"calibration_tiles": len(tiles)}}
+
+
+def _fp16(fp32: Path, out: Path, tiles: np.ndarray | None, int8_range: tuple[bool, str]) -> dict[str, Any]:
+    fp16(fp32, out)
+    return {}
+
+
+RECIPES = (
+    Recipe("int8", "int8", _int8, calibrated=True, timed=True, report="pytorch vs ort int8"),
+    Recipe("int8-trt", "int8_trt", _int8_trt, calibrated=True, timed=True, report="pytorch vs ort int8-trt"),
+    Recipe("fp16", "fp16", _fp16, calibrated=False, timed=False, report="pytorch vs ort fp16 (cpu)"),
+)

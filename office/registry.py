@@ -51,9 +51,13 @@ UPDATE potholes SET geog = ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography W
 
 
 def tables(metadata: Any) -> dict[str, Any]:
+    """The registry's tables: what the vans sent (runs, messages, tracks), and what it knows (potholes)."""
+    return _drive_tables(metadata) | _pothole_tables(metadata)
+
+
+def _drive_tables(metadata: Any) -> dict[str, Any]:
     from sqlalchemy import (
         BigInteger,
-        Boolean,
         Column,
         Float,
         ForeignKey,
@@ -62,7 +66,6 @@ def tables(metadata: Any) -> dict[str, Any]:
         String,
         Table,
         Text,
-        UniqueConstraint,
     )
 
     return {
@@ -102,6 +105,25 @@ def tables(metadata: Any) -> dict[str, Any]:
             Column("cell", BigInteger, nullable=False),
             Index("track_cells_cell", "cell"),
         ),
+    }
+
+
+def _pothole_tables(metadata: Any) -> dict[str, Any]:
+    from sqlalchemy import (
+        BigInteger,
+        Boolean,
+        Column,
+        Float,
+        ForeignKey,
+        Index,
+        Integer,
+        String,
+        Table,
+        Text,
+        UniqueConstraint,
+    )
+
+    return {
         "potholes": Table(
             "potholes",
             metadata,

@@ -110,7 +110,24 @@ def test_a_new_export_replaces_the_whole_set(run_dir, tmp_path):
     assert [r["name"] for r in json.loads((tmp_path / "parity.json").read_text())["reports"]] == ["pytorch vs ort fp32"]
 
 
-def test_int8_and_fp16_variants_carry_their_own_proof(run_dir, tmp_path):
+def test_int8_and_fp16_variants_carry_their_own_proof_on_every_provider_made_for_them(run_dir, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from pothole_edge.export import run as export_run
+
+    # a GPU box, as far as the export can tell: each GPU gate runs its model (on this machine's CPU) and says where
+    monkeypatch.setattr(
+        ort,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    real, opened = export_run._onnx_tiles, []
+
+    def on(path, tiles, batch_size, device="cpu"):
+        opened.append((path.name, device))
+        return real(path, tiles, batch_size)
+
+    monkeypatch.setattr(export_run, "_onnx_tiles", on)
     result = export(_with_int8(run_dir, tmp_path, int8_trt=True, fp16=True, fp16_prob_tol=1.0))
     names = [r["name"] for r in result["reports"]]
     assert names == [
@@ -118,7 +135,17 @@ def test_int8_and_fp16_variants_carry_their_own_proof(run_dir, tmp_path):
         "pytorch vs ort int8",
         "pytorch vs ort int8-trt",
         "pytorch vs ort fp16 (cpu)",
+        "pytorch vs ort fp32 (tensorrt)",
+        "pytorch vs ort fp32 (cuda)",
+        "pytorch vs ort int8 (cuda)",  # the CPU's INT8 is never offered to TensorRT
+        "pytorch vs ort int8-trt (tensorrt)",
+        "pytorch vs ort int8-trt (cuda)",
+        "pytorch vs ort fp16 (tensorrt)",
+        "pytorch vs ort fp16 (cuda)",
     ]
+    assert [r["device"] for r in result["reports"]] == ["cpu"] * 4 + [n.split("(")[1][:-1] for n in names[4:]]
+    assert ("model.int8.onnx", "tensorrt") not in opened and ("model.int8-trt.onnx", "tensorrt") in opened
+    assert json.loads((tmp_path / "parity.json").read_text())["reports"][-1]["device"] == "cuda"
     int8 = onnx.load(str(tmp_path / "model.int8.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     meta = metadata.read(tmp_path / "model.int8.onnx")

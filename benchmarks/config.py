@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from pothole_edge import checks
 from pothole_edge.errors import UsageError
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
@@ -45,17 +46,13 @@ class BenchConfig:
     def check(self) -> None:
         if not self.models:
             raise UsageError("give at least one run directory, e.g. pt-bench runs/lite0 runs/r50")
-        for name in ("runs", "throughput_reps", "edge_frames"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be 1 or more, got {value}")
-        if self.warmup is not None and self.warmup < 0:
-            raise UsageError(f"--warmup must be 0 or more, got {self.warmup}")
+        for name in ("runs", "throughput_reps", "edge_frames", "threads"):
+            if getattr(self, name) is not None:
+                checks.integer(name, getattr(self, name), 1)
+        if self.warmup is not None:
+            checks.integer("warmup", self.warmup, 0)
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UsageError(f"--batch-sizes must be positive integers, got {','.join(map(str, self.batch_sizes))}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be 1 or more, got {self.threads}")
-        if self.batch_budget_s is not None and not self.batch_budget_s > 0:
-            raise UsageError(f"--batch-budget-s must be above 0, got {self.batch_budget_s}")
-        if not 16 <= self.sgemm_size <= 8192:
-            raise UsageError(f"--sgemm-size must be from 16 to 8192, got {self.sgemm_size}")
+        if self.batch_budget_s is not None:
+            checks.number("batch_budget_s", self.batch_budget_s, 0, low_open=True)
+        checks.integer("sgemm_size", self.sgemm_size, 16, 8192)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from pothole_edge import checks
 from pothole_edge.errors import UsageError
 from pothole_edge.session import PRECISIONS, parse_device
 from pothole_edge.spec import check_region
@@ -112,27 +112,23 @@ class EdgeConfig:
         parse_device(self.device)
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown --precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.stride < 1:
-            raise UsageError(f"--stride must be 1 or more, got {self.stride}")
-        if self.max_frames < 0:
-            raise UsageError(f"--max-frames must be 0 (no limit) or more, got {self.max_frames}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be 1 or more, got {self.threads}")
+        checks.integer("stride", self.stride, 1)
+        checks.integer("max_frames", self.max_frames, 0)  # 0: no limit
+        if self.threads is not None:
+            checks.integer("threads", self.threads, 1)
         self.votes_k_n()
-        if not (math.isfinite(self.hysteresis) and 0 <= self.hysteresis < 1):
-            raise UsageError(f"--hysteresis must be in [0, 1), got {self.hysteresis}")
-        if self.threshold is not None and not (math.isfinite(self.threshold) and 0 < self.threshold < 1):
-            raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if not (math.isfinite(self.reconnect_timeout) and self.reconnect_timeout >= 0):
-            raise UsageError(f"--reconnect-timeout must be 0 or more seconds, got {self.reconnect_timeout}")
+        checks.number("hysteresis", self.hysteresis, 0, 1, high_open=True)
+        if self.threshold is not None:
+            checks.probability("threshold", self.threshold)
+        checks.number("reconnect_timeout", self.reconnect_timeout, 0, unit=" seconds")
         self.region()
         if self.gps is not None and self.images is not None:
             raise UsageError("--gps needs a video, camera or stream: an image folder has no clock to match fixes to")
-        for name in ("gps_offset", "gps_max_age", "min_speed", "every_m", "view_depth_m"):
-            if not math.isfinite(getattr(self, name)):
-                raise UsageError(f"--{name.replace('_', '-')} must be a number, got {getattr(self, name)}")
-        if self.gps_max_age <= 0:
-            raise UsageError(f"--gps-max-age must be above 0 seconds, got {self.gps_max_age}")
+        checks.number("gps_offset", self.gps_offset, unit=" seconds")
+        checks.number("gps_max_age", self.gps_max_age, 0, low_open=True, unit=" seconds")
+        checks.number("min_speed", self.min_speed, 0, unit=" km/h")
+        checks.number("every_m", self.every_m, 0, unit=" metres (0: off)")
+        checks.number("view_depth_m", self.view_depth_m, 0, low_open=True, unit=" metres")
         if self.clips is not None:
             from pothole_edge.edge.eventclips import parse_clips
 
@@ -141,15 +137,13 @@ class EdgeConfig:
             from pothole_edge.edge.eventclips import parse_storage
 
             parse_storage(self.max_storage)
-        if self.outbox_max < 1 or not (math.isfinite(self.drain_timeout) and self.drain_timeout >= 0):
-            raise UsageError("--outbox-max must be 1 or more and --drain-timeout 0 or more seconds")
-        if self.every_m < 0 or self.view_depth_m <= 0:
-            raise UsageError("--every-m must be 0 (off) or more metres, and --view-depth-m above 0")
-        if self.speed_kmh is not None and not (math.isfinite(self.speed_kmh) and 0 < self.speed_kmh <= 300):
-            raise UsageError(f"--speed-kmh must be above 0 and at most 300, got {self.speed_kmh}")
+        checks.integer("outbox_max", self.outbox_max, 1)
+        checks.number("drain_timeout", self.drain_timeout, 0, unit=" seconds")
+        if self.speed_kmh is not None:
+            checks.number("speed_kmh", self.speed_kmh, 0, 300, low_open=True)
         if self.every_m and self.gps is None and self.speed_kmh is None:
             raise UsageError("--every-m needs a speed: --gps, or --speed-kmh where there is no GPS")
         if self.every_m and self.images is not None:
             raise UsageError("--every-m needs a clock: a video, camera or stream, not an image folder")
-        if self.min_speed < 0 or (self.min_speed and self.gps is None):
-            raise UsageError(f"--min-speed {self.min_speed:g} needs --gps and a speed of 0 km/h or more")
+        if self.min_speed and self.gps is None:
+            raise UsageError(f"--min-speed {self.min_speed:g} needs --gps: a speed comes from GPS fixes")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from pothole_edge.errors import UsageError
+from pothole_edge import checks
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,7 @@ class ExportConfig:
 
     def check(self) -> None:
         for name in ("calibration_images", "speed_runs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be 1 or more, got {value}")
+            checks.integer(name, getattr(self, name), 1)
         for name in (
             "prob_tol",
             "metric_tol",
@@ -43,8 +40,5 @@ class ExportConfig:
             "int8_max_auc_drop",
             "fp16_prob_tol",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be a number of 0 or more, got {value}")
-        if self.min_label_agreement > 1:
-            raise UsageError(f"--min-label-agreement must be at most 1, got {self.min_label_agreement}")
+            checks.number(name, getattr(self, name), 0)
+        checks.probability("min_label_agreement", self.min_label_agreement)

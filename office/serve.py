@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pothole_edge import checks
 from pothole_edge.errors import UsageError
 from pothole_edge.fileio import ensure_writable_dir, write_json
 
@@ -50,12 +51,9 @@ class ServeConfig:
             raise UsageError(
                 f"--webhook-secret-env {self.webhook_secret_env}: that environment variable is empty or unset"
             )
-        if not 1 <= self.replay_window_s <= 86400:
-            raise UsageError(f"--replay-window must be from 1 to 86400 seconds, got {self.replay_window_s:g}")
-        if not 1 <= self.batch <= 10000:
-            raise UsageError(f"--batch must be from 1 to 10000 messages, got {self.batch}")
-        if not 0.1 <= self.refresh_s <= 3600:
-            raise UsageError(f"--refresh must be from 0.1 to 3600 seconds, got {self.refresh_s:g}")
+        checks.number("replay_window", self.replay_window_s, 1, 86400, unit=" seconds")
+        checks.integer("batch", self.batch, 1, 10000)
+        checks.number("refresh", self.refresh_s, 0.1, 3600, unit=" seconds")
         if self.mqtt_ca is not None and not os.path.isfile(self.mqtt_ca):
             raise UsageError(f"--mqtt-ca {self.mqtt_ca} is not a file; give the broker's CA certificate (PEM)")
         return host.strip("[]"), int(port)

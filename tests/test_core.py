@@ -316,3 +316,25 @@ def test_import_graph_has_no_cycle_and_no_upward_arrow():
         "the edge stands on the core alone"
     )
     assert edges.get("office", set()) <= {"core"}, "the van and the office share only the core's message schemas"
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0, 1.5, -0.1, float("nan"), True])
+def test_one_flag_takes_one_range_in_every_stage(value):
+    """--threshold is a probability in [0, 1] in pt-eval and edge-run alike: the check is written once."""
+    from pothole_edge import checks
+    from pothole_edge.edge.config import EdgeConfig
+    from pothole_edge.train.config import EvalConfig
+
+    outcomes = []
+    for check in (
+        lambda: checks.probability("threshold", value),
+        lambda: EvalConfig(model="m", data="d", threshold=value).check(),
+        lambda: EdgeConfig(model="m", video="v.mp4", threshold=value).check(),
+    ):
+        try:
+            check()
+            outcomes.append("ok")
+        except UsageError as e:
+            outcomes.append(str(e))
+    expected = "ok" if value in (0.0, 0.5, 1.0) and value is not True else f"--threshold must be in [0, 1], got {value!r}"
+    assert outcomes == [expected] * 3

@@ -459,7 +459,7 @@ def test_bad_inputs_exit_2_with_one_line(model, video, tmp_path):
             ["--model", str(model), "--video", str(video), "--device", "cuda"],
             ["CUDAExecutionProvider", "--allow-cpu-fallback"],
         ),
-        (["--model", str(model), "--video", str(video), "--stride", "0"], ["--stride must be 1 or more"]),
+        (["--model", str(model), "--video", str(video), "--stride", "0"], ["--stride must be an integer of 1 or more"]),
     ]
     for args, words in cases:
         result = (
@@ -719,7 +719,7 @@ def test_model_arguments_a_user_gets_wrong(model, video, tmp_path):
     assert_usage_error(edge_run("--model", str(model), "--video", "/dev/zero"), "not a regular file")
     assert_usage_error(edge_run("--model", str(model), "--video", str(video), "--max-frames", "-1"), "--max-frames")
     assert_usage_error(
-        edge_run("--model", str(model), "--video", str(video), "--threads", "-1"), "--threads must be 1 or more"
+        edge_run("--model", str(model), "--video", str(video), "--threads", "-1"), "--threads must be an integer of 1 or more"
     )
     assert_usage_error(edge_run("--model", str(model), "--video", str(video), "--roi", "0,0,1"), "--roi")
     assert_usage_error(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pothole_edge import checks
 from pothole_edge.errors import UsageError
 from pothole_edge.spec import POOLS
 
@@ -73,41 +73,37 @@ class TrainConfig:
             raise UsageError(
                 "missing --data DIR (a folder with normal/ and pothole/), or --data demo, or --resume RUN_DIR"
             )
-        _choice("arch", self.arch, ARCH_CHOICES, optional=True)
-        _choice("labels", self.labels, LABELS)
-        _choice("augment", self.augment, AUGMENTS)
-        _choice("pool", self.pool, POOLS)
-        _choice("class-weight", self.class_weight, CLASS_WEIGHTS)
-        _choice("threshold-rule", self.threshold_rule, THRESHOLD_RULES)
+        checks.choice("arch", self.arch, ARCH_CHOICES, optional=True)
+        checks.choice("labels", self.labels, LABELS)
+        checks.choice("augment", self.augment, AUGMENTS)
+        checks.choice("pool", self.pool, POOLS)
+        checks.choice("class-weight", self.class_weight, CLASS_WEIGHTS)
+        checks.choice("threshold-rule", self.threshold_rule, THRESHOLD_RULES)
         for name in ("epochs", "batch_size", "patience", "demo_per_class"):
-            _at_least(name, getattr(self, name), 1)
+            checks.integer(name, getattr(self, name), 1)
         for name in ("lr_patience", "hard_negatives", "seed", "cv", "cv_fold"):
-            _at_least(name, getattr(self, name), 0)
+            checks.integer(name, getattr(self, name), 0)
         if self.freeze is not None:
-            _at_least("freeze", self.freeze, 0)
+            checks.integer("freeze", self.freeze, 0)
         if self.cv == 1 or self.cv > 100:
             raise UsageError(f"--cv must be 0 (one split) or 2 to 100 folds, got {self.cv}")
         if self.cv_fold > self.cv:
             raise UsageError(f"--cv-fold must be from 1 to --cv ({self.cv}), got {self.cv_fold}")
         if self.workers is not None:
-            _at_least("workers", self.workers, 0)
-        if self.img_size is not None and not 16 <= self.img_size <= 1024:
-            raise UsageError(f"--img-size must be from 16 to 1024, got {self.img_size}")
-        if self.lr is not None and not (_finite(self.lr) and 0 < self.lr < 1):
-            raise UsageError(f"--lr must be a number in (0, 1), got {self.lr}")
-        if not (_finite(self.weight_decay) and 0 <= self.weight_decay < 1):
-            raise UsageError(f"--weight-decay must be in [0, 1), got {self.weight_decay}")
-        if not (_finite(self.label_smoothing) and 0 <= self.label_smoothing < 0.5):
-            raise UsageError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if not (_finite(self.min_delta) and self.min_delta >= 0):
-            raise UsageError(f"--min-delta must be 0 or more, got {self.min_delta}")
-        if not (_finite(self.max_fpr) and 0 <= self.max_fpr < 1):
-            raise UsageError(f"--max-fpr must be in [0, 1), got {self.max_fpr}")
-        v, t = self.val_fraction, self.test_fraction
-        if not (_finite(v) and _finite(t) and 0 < v < 1 and 0 < t < 1 and v + t < 1):
-            raise UsageError("--val-fraction and --test-fraction must each be in (0, 1) and sum below 1")
-        if not (_finite(self.overlap) and 0 <= self.overlap < 0.9):
-            raise UsageError(f"--overlap must be in [0, 0.9), got {self.overlap}")
+            checks.integer("workers", self.workers, 0)
+        if self.img_size is not None:
+            checks.integer("img_size", self.img_size, 16, 1024)
+        if self.lr is not None:
+            checks.number("lr", self.lr, 0, 1, low_open=True, high_open=True)
+        checks.number("weight_decay", self.weight_decay, 0, 1, high_open=True)
+        checks.number("label_smoothing", self.label_smoothing, 0, 0.5, high_open=True)
+        checks.number("min_delta", self.min_delta, 0)
+        checks.number("max_fpr", self.max_fpr, 0, 1, high_open=True)
+        checks.number("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        checks.number("test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise UsageError("--val-fraction and --test-fraction must sum below 1")
+        checks.number("overlap", self.overlap, 0, 0.9, high_open=True)
         parse_grids(self.grids)
         parse_region(self.region)
         if not self.group_column:
@@ -126,11 +122,11 @@ class EvalConfig:
     device: str = "auto"
 
     def check(self) -> None:
-        if self.threshold is not None and not (_finite(self.threshold) and 0 <= self.threshold <= 1):
-            raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        _at_least("batch_size", self.batch_size, 1)
+        if self.threshold is not None:
+            checks.probability("threshold", self.threshold)
+        checks.integer("batch_size", self.batch_size, 1)
         if self.workers is not None:
-            _at_least("workers", self.workers, 0)
+            checks.integer("workers", self.workers, 0)
         if self.region is not None:
             parse_region(self.region)
 
@@ -156,21 +152,6 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
     return check_region(
         values, lambda what: UsageError(f"--region {text!r}: {what}; give x0,y0,x1,y1 as fractions, e.g. 0,0.4,1,1")
     )
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _at_least(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise UsageError(f"--{name.replace('_', '-')} must be an integer of {low} or more, got {value}")
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...], optional: bool = False) -> None:
-    if (value is None and optional) or value in choices:
-        return
-    raise UsageError(f"unknown --{name} {value!r}; choose one of: {', '.join(choices)}")
 
 
 def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:

@@ -19,11 +19,12 @@ from pothole_edge.edge import startup
 from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.edge.coverage import DistanceGate
 from pothole_edge.edge.decide import Event, EventDetector, Step
-from pothole_edge.edge.delivery import event_id
+from pothole_edge.edge.delivery import Delivery, event_id
 from pothole_edge.edge.eventclips import Storage, Writer, parse_clips, parse_storage
+from pothole_edge.edge.gps import LiveGps, Locator
 from pothole_edge.edge.reader import Reader
 from pothole_edge.edge.record import Recorder, StageTimes, claim_out
-from pothole_edge.edge.sources import Frame, open_source
+from pothole_edge.edge.sources import Frame, Source, open_source
 from pothole_edge.edge.video import Annotator
 from pothole_edge.errors import DiskFull
 from pothole_edge.fileio import next_free, write_json
@@ -109,28 +110,32 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
         claim.release()
         raise
     config = dataclasses.replace(config, threads=threads, out=str(recorder.out))
-    edge = EdgeRun(config, stop, kind, value, session, source, recorder, gps, delivery, clips, cap)
-    return edge.go()
+    parts = Parts(kind, value, session, source, recorder, gps, delivery, clips, cap)
+    return EdgeRun(config, stop, parts).go()
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What run() opened and checked for one run, before the run's state exists."""
+
+    kind: str  # camera, video, stream or images
+    value: Any  # its index, path, URL or folder
+    session: Session
+    source: Source
+    recorder: Recorder
+    gps: tuple[Locator, LiveGps | None, str] | None = None  # where each frame was taken, and the fixes' source
+    delivery: tuple[Delivery, str] | None = None  # the outbox and its destinations, and the vehicle's id
+    clips: tuple[float, float] | None = None  # seconds before and after each event
+    cap: int | None = None  # bytes of optional files at most
 
 
 class EdgeRun:
     """One run's parts and state, and what it does with each frame."""
 
-    def __init__(
-        self,
-        config: EdgeConfig,
-        stop: threading.Event,
-        kind: str,
-        value: Any,
-        session: Session,
-        source: Any,
-        recorder: Recorder,
-        gps: Any,
-        delivery: Any,
-        clips: Any,
-        cap: int | None,
-    ) -> None:
-        self.config, self.stop, self.kind, self.value = config, stop, kind, value
+    def __init__(self, config: EdgeConfig, stop: threading.Event, parts: Parts) -> None:
+        kind, session, source, recorder = parts.kind, parts.session, parts.source, parts.recorder
+        gps, delivery, clips, cap = parts.gps, parts.delivery, parts.clips, parts.cap
+        self.config, self.stop, self.kind, self.value = config, stop, kind, parts.value
         self.session, self.source, self.recorder = session, source, recorder
         self.runner = Runner(session)
         meta = self.meta = session.meta
@@ -156,7 +161,7 @@ class EdgeRun:
         )
         self.reader = Reader(source, self.cut, stop)
         self.times = StageTimes()
-        self.progress = _Progress(getattr(source, "expected", None) or len(getattr(source, "paths", [])) or None)
+        self.progress = _Progress(source.total())
         self.state: dict[str, Any] = {
             "status": "running",
             "processed": 0,
@@ -227,7 +232,7 @@ class EdgeRun:
         self.runner.warmup(self.tiles_per_frame)
         try:
             self.loop()
-            lost = getattr(self.source, "lost", None)
+            lost = self.source.lost
             self.state["status"] = "stopped" if self.stop.is_set() else "source lost" if lost else "finished"
         except DiskFull:
             self.state["status"] = "disk full"
@@ -271,21 +276,39 @@ class EdgeRun:
                 last_summary = now
 
     def frame(self, frame: Frame, tiles: np.ndarray, boxes: np.ndarray, pre_ms: float) -> bool:
-        """Classify one frame and record it; False when it was skipped (the vehicle stood still)."""
-        where = self.locator.at(frame.timestamp) if self.locator is not None else None
-        if self.tracks is not None and (chunk := self.tracks.add(where)) is not None:
-            self.delivery.queue(chunk["id"], chunk)
-        speed = where and where["speed_mps"]
-        if self.config.min_speed and speed is not None and speed * 3.6 < self.config.min_speed:
-            self.state["standing"] += 1  # a car standing still would see the same pothole for minutes
+        """Classify one frame and record it; False when it was skipped (standing still, or not yet --every-m)."""
+        where = self.position(frame)
+        if not self.wanted(frame, where):
             return False
-        if self.gate is not None and not self.gate.take(frame.timestamp, speed):
-            return False  # the vehicle has not yet moved --every-m since the last classified frame
         t = time.perf_counter()
         tile_probs = self.runner.probs(tiles)
         t_post = time.perf_counter()
         prob, hot = views.pool(tile_probs, self.spec["view"])
         box = boxes[hot]
+        row = self.row(frame, prob, box, where)
+        active = self.decide(frame, row, where, box, prob)
+        self.recorder.prediction(row)
+        self.outputs(frame, prob, active, box)
+        self.account(frame, tiles, {"preprocess": pre_ms, "infer": (t_post - t) * 1000}, t_post)
+        return True
+
+    def position(self, frame: Frame) -> dict[str, Any] | None:
+        """Where the frame was taken (with --gps); the track it extends goes to the office in chunks."""
+        where = self.locator.at(frame.timestamp) if self.locator is not None else None
+        if self.tracks is not None and (chunk := self.tracks.add(where)) is not None:
+            self.delivery.queue(chunk["id"], chunk)
+        return where
+
+    def wanted(self, frame: Frame, where: dict[str, Any] | None) -> bool:
+        speed = where and where["speed_mps"]
+        if self.config.min_speed and speed is not None and speed * 3.6 < self.config.min_speed:
+            self.state["standing"] += 1  # a car standing still would see the same pothole for minutes
+            return False
+        # with --every-m, one frame per that many metres driven
+        return self.gate is None or self.gate.take(frame.timestamp, speed)
+
+    def row(self, frame: Frame, prob: float, box: np.ndarray, where: dict[str, Any] | None) -> dict[str, Any]:
+        """The frame's line in predictions.jsonl."""
         row: dict[str, Any] = {
             "frame": frame.index,
             "time": _round(frame.timestamp),
@@ -295,36 +318,38 @@ class EdgeRun:
         }
         if frame.name is not None:
             row["file"] = frame.name
-        if where is not None:
-            row |= where
-        active = prob >= self.threshold
-        if self.detector is not None:
-            step = self.detector.update(frame.index, frame.timestamp, prob, (row["tile"], where, frame, box, prob))
-            active = step.active
-            row |= {"votes": step.votes, "state": self.label_of[step.active]}
-            self.events(step, frame, row, where, box, prob)
-            row["event"] = self.detector.current.id if self.detector.current is not None else None
-            if not self.temporal and (single := self.detector.close()) is not None:
-                self.close_event(single)
-        self.recorder.prediction(row)
+        return row | (where or {})
+
+    def decide(
+        self, frame: Frame, row: dict[str, Any], where: dict[str, Any] | None, box: np.ndarray, prob: float
+    ) -> bool:
+        """The event rule's step for this frame, added to its row; whether an event is active."""
+        if self.detector is None:
+            return prob >= self.threshold
+        step = self.detector.update(frame.index, frame.timestamp, prob, (row["tile"], where, frame, box, prob))
+        row |= {"votes": step.votes, "state": self.label_of[step.active]}
+        self.events(step, frame, row, where, box, prob)
+        row["event"] = self.detector.current.id if self.detector.current is not None else None
+        if not self.temporal and (single := self.detector.close()) is not None:
+            self.close_event(single)
+        return step.active
+
+    def outputs(self, frame: Frame, prob: float, active: bool, box: np.ndarray) -> None:
+        """The event clips' ring buffer and the annotated video or window."""
         if self.writer.clips and self.temporal and frame.timestamp is not None:
             self.writer.frame(frame.timestamp, frame.bgr())
         if self.annotator.active and not self.annotator.write(frame.bgr(), prob, active, box):
             self.stop.set()  # the user closed the --show window
+
+    def account(self, frame: Frame, tiles: np.ndarray, ms: dict[str, float], t_post: float) -> None:
+        """Stage timings, the count and the progress line."""
         self.last = time.perf_counter()
-        for stage, ms in (
-            ("read", frame.read_ms),
-            ("preprocess", pre_ms),
-            ("infer", (t_post - t) * 1000),
-            ("post", (self.last - t_post) * 1000),
-        ):
-            self.times.add(stage, ms)
+        for stage, value in (("read", frame.read_ms), *ms.items(), ("post", (self.last - t_post) * 1000)):
+            self.times.add(stage, value)
         self.state["processed"] += 1
         self.example = tiles
-        self.progress.update(
-            self.state["processed"], self.state["processed"] / max(self.last - self.first, 1e-9), self.state["events"]
-        )
-        return True
+        fps = self.state["processed"] / max(self.last - self.first, 1e-9)
+        self.progress.update(self.state["processed"], fps, self.state["events"])
 
     def events(
         self, step: Step, frame: Frame, row: dict[str, Any], where: dict[str, Any] | None, box: np.ndarray, prob: float
@@ -390,6 +415,7 @@ class EdgeRun:
         import onnxruntime as ort
 
         s, c, source = self.state, self.config, self.source
+        stats = source.stats()
         elapsed = self.last - self.first
         processed = s["processed"]
         fps = processed / elapsed if elapsed > 0 else 0.0
@@ -401,7 +427,7 @@ class EdgeRun:
                 "kind": self.kind,
                 "value": self.value,
                 "description": source.describe,
-                "ended_early": getattr(source, "ended_early", None),
+                "ended_early": stats["ended_early"],
             },
             "model": str(self.session.path),
             "provider": self.session.provider,
@@ -420,10 +446,10 @@ class EdgeRun:
                 "read": self.reader.read,
                 "processed": processed,
                 "dropped": self.reader.dropped,
-                "unreadable": len(getattr(source, "unreadable", [])),
+                "unreadable": stats["unreadable"],
             },
-            "reconnects": len(getattr(source, "gaps", [])),
-            "gaps": getattr(source, "gaps", []),
+            "reconnects": len(stats["gaps"]),
+            "gaps": stats["gaps"],
             "events": s["events"],
             "events_per_1000_frames": round(1000 * s["events"] / processed, 3) if processed else None,
             "gps": None

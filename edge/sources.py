@@ -85,10 +85,28 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-class VideoFile:
-    """Every frame of a file, in order; `stride` skips frames on purpose."""
+class Source:
+    """What every source tells the run: whether it is live, its frame rate, how many frames to expect, why it
+    ended if it was lost, and its own statistics for summary.json."""
 
     live = False
+    fps = 0.0
+    lost: str | None = None
+    describe = ""
+
+    def total(self) -> int | None:
+        """The frames this source will give, where it knows (a progress bar's end)."""
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"ended_early": None, "unreadable": 0, "gaps": []}
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFile(Source):
+    """Every frame of a file, in order; `stride` skips frames on purpose."""
 
     def __init__(self, path: str, stride: int = 1) -> None:
         _check_regular(path, "--video")
@@ -133,6 +151,12 @@ class VideoFile:
             )
             log.warning("%s: %s", printable(self.path), self.ended_early)
 
+    def total(self) -> int | None:
+        return self.expected or None
+
+    def stats(self) -> dict[str, Any]:
+        return super().stats() | {"ended_early": self.ended_early}
+
     def close(self) -> None:
         if getattr(self, "cap", None) is not None:
             self.cap.release()
@@ -141,11 +165,8 @@ class VideoFile:
             self._fd = None
 
 
-class ImageFolder:
+class ImageFolder(Source):
     """Image files in name order; an unreadable one is logged, counted and skipped."""
-
-    live = False
-    fps = 0.0
 
     def __init__(self, pattern: str, stride: int = 1) -> None:
         if os.path.isdir(pattern):
@@ -176,11 +197,14 @@ class ImageFolder:
                 index * self.stride, None, image, (time.perf_counter() - t) * 1000, name=printable(path), order="RGB"
             )
 
-    def close(self) -> None:
-        pass
+    def total(self) -> int | None:
+        return len(self.paths)
+
+    def stats(self) -> dict[str, Any]:
+        return super().stats() | {"unreadable": len(self.unreadable)}
 
 
-class LiveSource:
+class LiveSource(Source):
     """A camera or stream. Reads never give up at the first failure: they reconnect with back-off.
 
     `frames()` yields every frame it reads; the reader keeps only the newest for the model.
@@ -259,6 +283,9 @@ class LiveSource:
             log.warning("%s back at %s after a %.2f s gap (%d tries)", self.what, _clock(back), back - lost_at, tries)
             image, t = self._pending, time.perf_counter()
 
+    def stats(self) -> dict[str, Any]:
+        return super().stats() | {"gaps": self.gaps}
+
     def close(self) -> None:
         if self.cap is not None:
             self.cap.release()
@@ -273,7 +300,7 @@ def camera_missing(index: int) -> bool:
     return sys.platform.startswith("linux") and not Path(f"/dev/video{index}").exists()
 
 
-def open_source(kind: str, value: Any, stride: int = 1, reconnect_timeout: float = 30.0) -> Any:
+def open_source(kind: str, value: Any, stride: int = 1, reconnect_timeout: float = 30.0) -> Source:
     if kind == "video":
         return VideoFile(value, stride)
     if kind == "images":

@@ -192,7 +192,7 @@ def test_bad_inputs(exported, tmp_path):
     shutil.copy(exported / "model.pt", bare / "model.pt")
     assert_usage_error(run("pt-bench", str(bare), "--out", str(tmp_path / "o")), "no model.onnx", "pt-export")
     assert_usage_error(
-        run("pt-bench", str(exported), "--runs", "0", "--out", str(tmp_path / "o")), "--runs must be an integer of 1 or more"
+        run("pt-bench", str(exported), "--runs", "0", "--out", str(tmp_path / "o")), "--runs must be an integer of 1"
     )
     assert_usage_error(run("pt-bench", str(exported), "--batch-sizes", "1,x"), "not a comma-separated list")
     assert_usage_error(run("pt-bench"), "Missing argument")

@@ -21,6 +21,19 @@ PACKAGES = (
 )
 
 
+def busy(cores: int, load: tuple[float, float, float] | None = None) -> str | None:
+    """Why the machine looks busy, or None: a load average (the last minute's) of more than half its cores
+    before the benchmark starts means another job will share the CPU, and every ratio will be off."""
+    if load is None:
+        try:
+            load = os.getloadavg()
+        except OSError:
+            return None
+    if load[0] > max(0.5, cores / 2):
+        return f"the load average was {load[0]:.2f} on {cores} cores when the benchmark started"
+    return None
+
+
 def environment(threads: int) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
@@ -45,4 +58,5 @@ def environment(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "versions": versions,
         "onnxruntime_providers": ort.get_available_providers(),
+        "busy": busy(usable_cores()),
     }

@@ -226,6 +226,22 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"values": values, "targets": TARGETS, "met": met}
 
 
+def _warn_if_noisy(report: dict[str, Any], spread: float = 1.5) -> None:
+    """A loaded machine shows as a high load average before the start, or as repeats far apart: say so in the
+    report, since every ratio in it is then suspect (pt-bench once printed ORT 49.9x faster than PyTorch)."""
+    env = report["environment"]
+    noisy = [
+        f"{b['label']} p90 {b['latency']['p90_ms'] / b['latency']['p50_ms']:.1f}x its p50"
+        for m in report["models"]
+        for b in m["backends"]
+        if b["status"] == "ok" and b["latency"]["p90_ms"] > spread * b["latency"]["p50_ms"]
+    ]
+    reasons = [env.get("busy")] + (["batch-1 repeats varied widely (" + ", ".join(noisy) + ")"] if noisy else [])
+    env["busy"] = "; ".join(r for r in reasons if r) or None
+    if env["busy"]:
+        log.warning("the machine looked busy: %s; compare these figures with care", env["busy"])
+
+
 def bench(config: BenchConfig) -> dict[str, Any]:
     """Measure every backend on each run's models; write report.json, report.md, latency.png and throughput.png."""
     from tqdm import tqdm
@@ -266,5 +282,6 @@ def bench(config: BenchConfig) -> dict[str, Any]:
             _bench_model(run_dir, config, threads, report["sgemm"]["gflops"], out, bar) for run_dir in runs
         ]
     report["wall_s"] = time.time() - started
+    _warn_if_noisy(report)
     write_report(report, out)
     return report

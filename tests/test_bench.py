@@ -198,3 +198,33 @@ def test_bad_inputs(exported, tmp_path):
     assert_usage_error(run("pt-bench"), "Missing argument")
     with pytest.raises(TypeError):
         BenchConfig(models=("x",), colour="red")  # an unknown key is an error
+
+
+def test_a_busy_machine_is_named_in_the_report_and_targets_are_not():
+    from pothole_edge.benchmarks.env import busy
+    from pothole_edge.benchmarks.report import markdown
+    from pothole_edge.benchmarks.run import _warn_if_noisy
+
+    assert busy(2, (0.3, 0.2, 0.1)) is None and "load average was 1.80 on 2 cores" in busy(2, (1.8, 1.0, 0.5))
+    backend = {"status": "ok", "label": "ort fp32 cpu", "backend": "onnxruntime", "precision": "fp32"}
+    backend |= {"device": "cpu", "create_s": 0.1, "first_inference_ms": 3.0, "accuracy": None, "throughput": []}
+    backend |= {"latency": {"p50_ms": 2.0, "p90_ms": 5.0, "p99_ms": 6.0, "mean_ms": 3.0}, "throughput_stopped": None}
+    backend |= {"frame_latency": {"p50_ms": 14.0}}
+    ratios = {
+        "values": dict.fromkeys(
+            ("ort_fp32_speedup_over_pytorch", "int8_speedup_over_ort_fp32", "ort_fp32_latency_over_compute_limit"), 1.5
+        ),
+        "targets": {},
+        "met": {},
+    }
+    model = {"name": "m", "arch": "a", "input": "224", "flops": 1e9, "compute_limit_ms": 1.0, "tiles_per_frame": 7}
+    model |= {"view": {"grids": [[1, 1], [3, 2]], "region": [0, 0, 1, 1]}, "backends": [backend], "edge": []}
+    environment = {"cpu": "x", "cpu_flags": [], "cores": 2, "cores_usable": 2, "threads_used": 2, "gpu": None}
+    environment |= {"cuda": None, "versions": {}, "python": "3", "onnxruntime_providers": [], "busy": None}
+    report = {"created_at": "now", "wall_s": 1.0, "environment": environment, "models": [model | {"ratios": ratios}]}
+    report |= {"config": {"quick": True, "runs": 5, "warmup": 1, "throughput_reps": 1}}
+    report["sgemm"] = {"size": 64, "threads": 2, "timing": {"runs": 3}, "gflops": 10.0}
+    _warn_if_noisy(report)
+    text = markdown(report)
+    assert "Warning: batch-1 repeats varied widely (ort fp32 cpu p90 2.5x its p50)" in text
+    assert "target" not in text and "NOT met" not in text and "tiles/s" in text

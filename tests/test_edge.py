@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -305,6 +306,30 @@ def needs(ok: bool, why: str) -> None:
         pytest.skip(why)
 
 
+def _frames_after(predictions: Path, t0: float) -> int:
+    """Frames stamped after t0: what the stream test's assertions count, so its waits count the same."""
+    if not predictions.exists():
+        return 0
+    times = []
+    for line in predictions.read_text().splitlines():
+        try:
+            times.append(json.loads(line)["time"])
+        except (ValueError, KeyError):
+            pass  # the line being written
+    return sum(1 for t in times if t is not None and t > t0)
+
+
+def _frames_after_gap(out: Path, k: int) -> int:
+    """Frames stamped after the run's k-th reconnection as summary.json records it (every 5 s): the mark the
+    assertions count from. A mark taken by the test would be early: frames the old connection had buffered are
+    read after the server stopped."""
+    try:
+        gaps = json.loads((out / "summary.json").read_text())["gaps"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return _frames_after(out / "predictions.jsonl", gaps[k]["restored_at"]) if len(gaps) > k else 0
+
+
 def test_stream_survives_two_server_restarts(model, tmp_path):
     needs(shutil.which("ffmpeg") is not None, "needs ffmpeg (apt-get install ffmpeg; scripts/setup.sh does)")
     clip = write_video(tmp_path / "loop.mp4", [(BRIGHT, 8), (DARK, 8)], fps=25.0)
@@ -349,37 +374,16 @@ def test_stream_survives_two_server_restarts(model, tmp_path):
     )
     predictions = out / "predictions.jsonl"
 
-    def after(t0: float) -> int:
-        """Frames stamped after t0: what the assertions below count, so the waits count the same."""
-        if not predictions.exists():
-            return 0
-        times = []
-        for line in predictions.read_text().splitlines():
-            try:
-                times.append(json.loads(line)["time"])
-            except (ValueError, KeyError):
-                pass  # the line being written
-        return sum(1 for t in times if t is not None and t > t0)
-
-    def after_gap(k: int) -> int:
-        """Frames stamped after the run's k-th reconnection as summary.json records it (every 5 s): the mark
-        the assertions count from. A mark taken here would be early: frames the old connection had buffered
-        are read after the server stopped."""
-        try:
-            gaps = json.loads((out / "summary.json").read_text())["gaps"]
-        except (OSError, ValueError, KeyError):
-            return 0
-        return after(gaps[k]["restored_at"]) if len(gaps) > k else 0
-
     try:
         for restart in range(2):
             what = f"frames before restart {restart + 1}"
-            wait_for(lambda r=restart: (after(0.0) if r == 0 else after_gap(r - 1)) >= 20, 60, what)
+            counted = (lambda: _frames_after(predictions, 0.0)) if restart == 0 else partial(_frames_after_gap, out, 0)
+            wait_for(lambda c=counted: c() >= 20, 60, what)
             server.terminate()
             server.wait(10)
             time.sleep(1.0)  # the server is down for at least a second
             server = subprocess.Popen(serve)
-        wait_for(lambda: after_gap(1) >= 20, 60, "frames after the second restart")
+        wait_for(lambda: _frames_after_gap(out, 1) >= 20, 60, "frames after the second restart")
         edge.send_signal(signal.SIGTERM)
         log, _ = edge.communicate(timeout=30)
     finally:

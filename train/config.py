@@ -31,7 +31,7 @@ class TrainConfig:
     positive: str | None = None  # None: the folder named pothole or potholes
     img_size: int | None = None  # None: the weights' own input size
     # the view: grids "CxR+CxR" (1x1 is the whole frame), overlap between tiles, region x0,y0,x1,y1
-    grids: str = "1x1+3x2"
+    grids: str = "1x1+4x3"  # 12 small tiles find small potholes: road CV 0.872 against 0.846 for 1x1+3x2
     overlap: float = 0.25
     region: str = "0,0,1,1"
     # a frame's probability from its tiles': max, or top2 (the mean of the two hottest: one odd crack tile

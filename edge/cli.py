@@ -122,10 +122,9 @@ def _gps_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--every-m",
         type=float,
-        default=0.0,
         metavar="M",
-        help="classify one frame per M metres driven, from the GPS speed or --speed-kmh; half --view-depth-m sees "
-        "each point of road twice (default: 0, every frame)",
+        help="classify one frame per M metres driven, from the GPS speed or --speed-kmh; 0 classifies every frame "
+        "(default: half --view-depth-m where a speed is known, so each point of road is seen twice; else 0)",
     )
     g.add_argument("--speed-kmh", type=float, help="the speed for --every-m where there is no GPS")
     g.add_argument(

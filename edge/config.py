@@ -58,7 +58,9 @@ class EdgeConfig:
     gps_offset: float = 0.0  # seconds added to the camera's clock to reach GPS time
     gps_max_age: float = 2.0  # a position needs a fix this close in time, or it is null
     min_speed: float = 0.0  # km/h: slower frames are not classified (0: classify all)
-    every_m: float = 0.0  # classify one frame per this many metres driven (0: every frame the model can take)
+    # classify one frame per this many metres driven (0: every frame the model can take); None: half the view's
+    # depth where a speed is known (--gps or --speed-kmh, not an image folder), else 0
+    every_m: float | None = None
     speed_kmh: float | None = None  # the speed for --every-m where there is no GPS
     view_depth_m: float = 8.0  # metres of road the view sees ahead: a longer gap leaves road unseen
     # delivery: each closed event goes to the outbox, then to every destination
@@ -94,6 +96,15 @@ class EdgeConfig:
             values = []
         return check_region(values)
 
+    def distance_step(self) -> float:
+        """Metres between classified frames: --every-m, or else half the view's depth, so that each point of road
+        is in two classified frames, wherever a speed is known."""
+        if self.every_m is not None:
+            return self.every_m
+        if (self.gps is not None or self.speed_kmh is not None) and self.images is None:
+            return self.view_depth_m / 2
+        return 0.0
+
     def votes_k_n(self) -> tuple[int, int]:
         k, _, n = str(self.votes).partition("/")
         try:
@@ -127,7 +138,8 @@ class EdgeConfig:
         checks.number("gps_offset", self.gps_offset, unit=" seconds")
         checks.number("gps_max_age", self.gps_max_age, 0, low_open=True, unit=" seconds")
         checks.number("min_speed", self.min_speed, 0, unit=" km/h")
-        checks.number("every_m", self.every_m, 0, unit=" metres (0: off)")
+        if self.every_m is not None:
+            checks.number("every_m", self.every_m, 0, unit=" metres (0: off)")
         checks.number("view_depth_m", self.view_depth_m, 0, low_open=True, unit=" metres")
         if self.clips is not None:
             from pothole_edge.edge.eventclips import parse_clips

@@ -140,7 +140,8 @@ class EdgeRun:
         self.runner = Runner(session)
         meta = self.meta = session.meta
         self.spec = meta | {"view": meta["view"] | ({"region": list(config.region())} if config.roi else {})}
-        self.config = config = dataclasses.replace(config, roi=",".join(f"{v:g}" for v in self.spec["view"]["region"]))
+        region = ",".join(f"{v:g}" for v in self.spec["view"]["region"])
+        self.config = config = dataclasses.replace(config, roi=region, every_m=config.distance_step())
         self.tiles_per_frame = views.tile_count(self.spec["view"])
         self.threshold = config.threshold if config.threshold is not None else float(meta["threshold"])
         pos, names = int(meta["positive_index"]), meta["class_names"]

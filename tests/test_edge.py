@@ -783,6 +783,20 @@ def test_distance_gate_takes_every_frame_when_the_speed_is_unknown():
     assert gate.summary()["frames_without_speed"] == 9
 
 
+def test_every_m_defaults_to_half_the_view_depth_where_a_speed_is_known(model, video, tmp_path):
+    assert EdgeConfig(model="m", video="v.mp4").distance_step() == 0.0  # no speed: nothing may be skipped
+    assert EdgeConfig(model="m", images="d", speed_kmh=36.0).distance_step() == 0.0  # an image folder has no clock
+    assert EdgeConfig(model="m", video="v.mp4", gps="t.gpx", view_depth_m=10.0).distance_step() == 5.0
+    assert (
+        EdgeConfig(model="m", video="v.mp4", speed_kmh=36.0, every_m=0.0).distance_step() == 0.0
+    )  # asked: every frame
+    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), speed_kmh=36.0))
+    assert result["coverage"]["every_m"] == 4.0 and result["coverage"]["gap_m_max"] == pytest.approx(4.0, abs=0.01)
+    frames = [r["frame"] for r in lines(tmp_path / "run" / "predictions.jsonl")]
+    assert frames == list(range(0, sum(n for _, n in SEGMENTS), 4))  # 1 m a frame at 10 fps
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["every_m"] == 4.0  # the resolved value
+
+
 def test_every_m_selects_frames_by_distance_on_a_file_and_events_still_fire(model, video, tmp_path):
     result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), every_m=3.0, speed_kmh=36.0))
     rows = lines(tmp_path / "run" / "predictions.jsonl")

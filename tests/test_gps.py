@@ -77,7 +77,9 @@ def test_every_frame_and_event_gets_the_position_of_its_moment(model, video, tmp
     for event, at_s in zip(peaks, POTHOLES_S):
         assert _metres_north(event["peak_position"]["lat"]) == pytest.approx(drive.SPEED * at_s, abs=drive.SPEED * 0.6)
     g = result["gps"]
-    assert g["frames_with_fix"] == len(rows) and g["frames_without_fix"] == 0
+    cover = result["coverage"]  # a fix for every frame, the ones skipped by distance (every_m: 4 m) too
+    assert cover["every_m"] == 4.0 and cover["frames_classified"] == len(rows) and cover["frames_skipped"] > 0
+    assert g["frames_with_fix"] == len(rows) + cover["frames_skipped"] and g["frames_without_fix"] == 0
     assert g["distance_m"] == pytest.approx(drive.SPEED * rows[-1]["time"], rel=0.02)
 
 

@@ -9,6 +9,7 @@ import torch
 from pothole_edge.errors import UsageError
 from pothole_edge.train import fit, metrics
 from pothole_edge.train.config import TrainConfig
+from pothole_edge.train.ema import WeightAverage
 from pothole_edge.train.run import train
 from tests.conftest import TINY, crash_in_epoch
 
@@ -95,12 +96,13 @@ def test_unknown_config_key_is_an_error(shared_folder, tmp_path):
         train(None, resume=str(out))
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(shared_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(shared_folder, tmp_path, monkeypatch, ema_decay):
     reference = tmp_path / "straight"
-    train(_config(shared_folder, reference, epochs=3, patience=10))
+    train(_config(shared_folder, reference, epochs=3, patience=10, ema_decay=ema_decay))
 
     crashed = tmp_path / "crashed"
-    crash_in_epoch(monkeypatch, _config(shared_folder, crashed, epochs=3, patience=10), 2)
+    crash_in_epoch(monkeypatch, _config(shared_folder, crashed, epochs=3, patience=10, ema_decay=ema_decay), 2)
     assert [r["epoch"] for r in _history(crashed)] == ["1"] and not (crashed / "model.pt").exists()
     train(None, resume=str(crashed))
     straight, resumed = _history(reference), _history(crashed)
@@ -112,6 +114,25 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(shared_folder, tmp_pa
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     with pytest.raises(UsageError, match="already finished"):
         train(None, resume=str(crashed))
+
+
+def test_the_weight_average_follows_the_live_weights_at_its_decay():
+    live = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(live, decay=0.9, warmup=False)
+    before = {k: v.clone() for k, v in average.bare.state_dict().items()}
+    with torch.no_grad():
+        live[0].weight.add_(1.0)
+    live.train()(torch.randn(8, 3))  # moves BatchNorm's statistics and its step counter
+    average.update(live)
+    now, current = average.bare.state_dict(), live.state_dict()
+    assert torch.allclose(now["0.weight"], 0.9 * before["0.weight"] + 0.1 * current["0.weight"])
+    assert torch.allclose(now["1.running_mean"], 0.9 * before["1.running_mean"] + 0.1 * current["1.running_mean"])
+    assert now["1.num_batches_tracked"] == current["1.num_batches_tracked"] == 1
+    assert not any(p.requires_grad for p in average.bare.parameters())
+    warm = WeightAverage(live, decay=0.99)
+    assert warm.current_decay() == pytest.approx(0.1)  # the first steps follow the live weights closely
+    warm.steps = 10_000
+    assert warm.current_decay() == 0.99
 
 
 def test_early_stopping_restores_the_best_epoch():
@@ -157,6 +178,7 @@ def test_a_run_whose_val_loss_never_improves_still_finishes(shared_folder, tmp_p
         ({"grids": "3by2"}, "--grids"),
         ({"region": "0,0,2,1"}, "--region"),
         ({"max_fpr": 1.5}, "--max-fpr"),
+        ({"ema_decay": 1.0}, "--ema-decay"),
     ],
 )
 def test_bad_values_fail_before_anything_is_written(shared_folder, tmp_path, bad, message):

@@ -84,6 +84,12 @@ def _d(config: type, name: str) -> str:
     help="Share of each tile label spread over both classes, for labels that are sometimes wrong."
     + _d(T, "label_smoothing"),
 )
+@click.option(
+    "--ema-decay",
+    type=float,
+    help="Validate and keep an exponential moving average of the weights with this decay per step, like timm's "
+    "--model-ema (0.99: about the last 100 steps); 0 keeps the live weights." + _d(T, "ema_decay"),
+)
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help=_d(T, "class_weight").strip())
 @click.option(
     "--threshold-rule",

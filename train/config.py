@@ -52,6 +52,7 @@ class TrainConfig:
     lr_patience: int = 2
     class_weight: str = "none"
     label_smoothing: float = 0.0  # some crack-only frames show damage that looks like a pothole
+    ema_decay: float = 0.0  # an average of the weights (train.ema) validated and kept; 0: the live weights
     threshold_rule: str = "max-fpr"
     max_fpr: float = 0.02  # on the validation negatives, for --threshold-rule max-fpr
     val_fraction: float = 0.15
@@ -97,6 +98,7 @@ class TrainConfig:
             checks.number("lr", self.lr, 0, 1, low_open=True, high_open=True)
         checks.number("weight_decay", self.weight_decay, 0, 1, high_open=True)
         checks.number("label_smoothing", self.label_smoothing, 0, 0.5, high_open=True)
+        checks.number("ema_decay", self.ema_decay, 0, 1, high_open=True)
         checks.number("min_delta", self.min_delta, 0)
         checks.number("max_fpr", self.max_fpr, 0, 1, high_open=True)
         checks.number("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)

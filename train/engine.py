@@ -62,6 +62,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None,
     amp: bool,
     desc: str,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[float, float, int]:
     """The epoch's mean tile loss and accuracy over every rank's batches, and the tiles it skipped."""
     model.train()
@@ -87,6 +88,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if after_step is not None:
+            after_step()
         n = labels.numel()
         loss_sum += loss.detach().double() * n
         correct += (logits.argmax(1) == labels).sum()

@@ -152,7 +152,7 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
         config,
         out,
         folder,
-        state.bare,
+        state.kept_bare,
         spec,
         meta,
         state.history,
@@ -198,14 +198,14 @@ def _epoch(
     )
     desc = f"epoch {epoch + 1}/{config.epochs}"
     train_loss, train_acc, skipped = train_one_epoch(
-        state.model, loader, criterion, state.optimizer, ctx, state.scaler, state.amp, desc=desc
+        state.model, loader, criterion, state.optimizer, ctx, state.scaler, state.amp, desc, state.after_step
     )
     if skipped and ctx.is_main:
         log.warning("epoch %d skipped %d tile(s) of unreadable files", epoch + 1, skipped)
     if not whole_only:
         targets = _scoring_targets(samples, config, epoch)
-        _rescore(state.net, folder, samples, targets, spec, config, ctx, state.hottest)
-    val = predict(state.net, val_loader, ctx, state.amp, spec["view"], desc="validating")
+        _rescore(state.kept_net, folder, samples, targets, spec, config, ctx, state.hottest)
+    val = predict(state.kept_net, val_loader, ctx, state.amp, spec["view"], desc="validating")
     lr = state.optimizer.param_groups[0]["lr"]
     state.scheduler.step(val.loss)
     improved = state.stopper.step(val.loss, epoch)
@@ -230,7 +230,7 @@ def _save(state: TrainState, improved: bool, meta: dict[str, Any], out: Path) ->
     best), the history, and the epoch's line."""
     h = state.history[-1]
     if improved:
-        checkpoint.save(meta | {"state_dict": state.bare.state_dict(), "epoch": h["epoch"]}, out / BEST)
+        checkpoint.save(meta | {"state_dict": state.kept_bare.state_dict(), "epoch": h["epoch"]}, out / BEST)
     checkpoint.save(state.state_dict(), out / LAST, keep_previous=True)
     write_text(out / "history.csv", _history_csv(state.history))
     log.info(

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
+from pothole_edge.errors import UsageError
 from pothole_edge.train.config import TrainConfig
 from pothole_edge.train.distributed import Context
+from pothole_edge.train.ema import WeightAverage
 from pothole_edge.train.engine import EarlyStopping
 from pothole_edge.train.models import build_model, create_model, freeze, normalized
 from pothole_edge.train.tiles import Footprint
@@ -31,10 +33,25 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     hottest: dict[int, Footprint] = field(default_factory=dict)
     epoch: int = 0  # the next epoch to run, from 0
+    ema: WeightAverage | None = None  # --ema-decay: validation and the saved weights use the average
+    ema_net: torch.nn.Module | None = None  # ema.bare with its normalisation, on the device
 
     @property
     def amp(self) -> bool:
         return self.scaler is not None
+
+    @property
+    def kept_bare(self) -> torch.nn.Module:
+        """The weights validated and saved: the average where there is one."""
+        return self.ema.bare if self.ema is not None else self.bare
+
+    @property
+    def kept_net(self) -> torch.nn.Module:
+        return self.ema_net if self.ema_net is not None else self.net
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.bare)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types and tensors only: torch.load(..., weights_only=True) reads it back."""
@@ -50,6 +67,8 @@ class TrainState:
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         return state
 
     def load_state_dict(self, last: dict[str, Any]) -> None:
@@ -59,6 +78,10 @@ class TrainState:
         self.stopper.load_state_dict(last["stopper"])
         if self.scaler is not None and last.get("scaler"):
             self.scaler.load_state_dict(last["scaler"])
+        if self.ema is not None:
+            if "ema" not in last:
+                raise UsageError("this run's last checkpoint has no weight average: resume it without --ema-decay")
+            self.ema.load_state_dict(last["ema"])
         self.hottest = {int(i): tuple(fp) for i, fp in zip(last["hottest"]["index"], last["hottest"]["footprint"])}
         self.history, self.epoch = list(last["history"]), last["epoch"] + 1
 
@@ -87,4 +110,11 @@ def new_state(config: TrainConfig, preprocess: dict[str, Any], ctx: Context, res
     )
     amp = config.amp and ctx.device.type == "cuda"
     stopper = EarlyStopping(config.patience, config.min_delta)
-    return TrainState(bare, net, model, optimizer, scheduler, torch.amp.GradScaler("cuda") if amp else None, stopper)
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    state = TrainState(bare, net, model, optimizer, scheduler, scaler, stopper)
+    if config.ema_decay:
+        state.ema = WeightAverage(bare, config.ema_decay)
+        state.ema_net = normalized(state.ema.bare, preprocess).to(ctx.device)
+        if ctx.device.type == "cuda":
+            state.ema_net = state.ema_net.to(memory_format=torch.channels_last)
+    return state

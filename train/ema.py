@@ -14,20 +14,19 @@ import torch
 
 
 class WeightAverage:
-    def __init__(self, bare: torch.nn.Module, decay: float, warmup: bool = True) -> None:
+    """No warm-up (timm's and TensorFlow's `(1 + n) / (10 + n)` would average over a tenth of the steps so far,
+    too little to matter in a run this short): the first epoch's average still leans on the starting weights, and
+    early stopping simply does not keep it."""
+
+    def __init__(self, bare: torch.nn.Module, decay: float) -> None:
         self.bare = copy.deepcopy(bare).eval()
         for p in self.bare.parameters():
             p.requires_grad_(False)
-        self.decay, self.warmup, self.steps = decay, warmup, 0
-
-    def current_decay(self) -> float:
-        """Warmed up as in timm: (1 + n) / (10 + n) until that passes `decay`, so the first steps do not
-        average the pretrained head's random start into the result."""
-        return min(self.decay, (1 + self.steps) / (10 + self.steps)) if self.warmup else self.decay
+        self.decay, self.steps = decay, 0
 
     @torch.no_grad()
     def update(self, live: torch.nn.Module) -> None:
-        d = self.current_decay()
+        d = self.decay
         averaged, current = self.bare.state_dict(), live.state_dict()
         floats = [(averaged[k], current[k]) for k in averaged if averaged[k].is_floating_point()]
         if floats:

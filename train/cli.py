@@ -88,7 +88,8 @@ def _d(config: type, name: str) -> str:
     "--ema-decay",
     type=float,
     help="Validate and keep an exponential moving average of the weights with this decay per step, like timm's "
-    "--model-ema (0.98: about the last 50 steps, an epoch of the shared data); 0 keeps the live weights." + _d(T, "ema_decay"),
+    "--model-ema (0.98: about the last 50 steps, an epoch of the shared data); 0 keeps the live weights."
+    + _d(T, "ema_decay"),
 )
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help=_d(T, "class_weight").strip())
 @click.option(

@@ -1,9 +1,10 @@
-"""Background threads that read frames and cut their tiles while the model runs.
+"""Background threads that read frames and prepare them (position, the --every-m choice, tiles) while the model
+runs.
 
 Files: one thread reads and preprocesses every frame into a short blocking queue, so no frame is
 lost. Live sources: the reading thread keeps only the newest frame in a one-frame slot (each
 overwritten frame counts as dropped, so lag cannot grow when the model is slower than the camera),
-and a second thread preprocesses only the frames taken from that slot: a frame that will be dropped
+and a second thread prepares only the frames taken from that slot: a frame that will be dropped
 is never cut into tiles.
 """
 
@@ -12,11 +13,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from pothole_edge.edge.sources import Frame
 
@@ -77,20 +75,11 @@ class _Blocking:
         return self._q.get(timeout=timeout)
 
 
-Item = tuple[Frame, np.ndarray, np.ndarray, float]  # frame, tiles, tile boxes, preprocess ms
-
-
 class Reader:
-    """Runs `source.frames()` on a thread and hands out (Frame, tiles, boxes, preprocess ms)."""
+    """Runs `source.frames()` on a thread and hands out `prepare(frame)` for each frame it keeps."""
 
-    def __init__(
-        self,
-        source: Any,
-        preprocess: Callable[[Frame], tuple[np.ndarray, np.ndarray]],
-        stop: threading.Event,
-        depth: int = 4,
-    ) -> None:
-        self.source, self.preprocess, self.stop = source, preprocess, stop
+    def __init__(self, source: Any, prepare: Callable[[Frame], Any], stop: threading.Event, depth: int = 4) -> None:
+        self.source, self.prepare, self.stop = source, prepare, stop
         self.live = bool(source.live)
         self.slot = Newest() if self.live else None
         self.out = _Blocking(1 if self.live else depth)
@@ -105,11 +94,6 @@ class Reader:
             t.start()
         return self
 
-    def _item(self, frame: Frame) -> Item:
-        t = time.perf_counter()
-        tiles, boxes = self.preprocess(frame)
-        return frame, tiles, boxes, (time.perf_counter() - t) * 1000
-
     def _read(self) -> None:
         try:
             for frame in self.source.frames(self.stop):
@@ -117,7 +101,7 @@ class Reader:
                 if self.slot is not None:
                     self.slot.put(frame)
                 else:
-                    self.out.put(self._item(frame), self.stop)
+                    self.out.put(self.prepare(frame), self.stop)
         except BaseException as e:  # surfaced in the main thread by next()
             self.error = e
         finally:
@@ -136,13 +120,13 @@ class Reader:
                     continue
                 if frame is _END:
                     break
-                self.out.put(self._item(frame), self.stop)
+                self.out.put(self.prepare(frame), self.stop)
         except BaseException as e:
             self.error = e
         finally:
             self.out.put(_END, self.stop)
 
-    def next(self) -> Item | None:
+    def next(self) -> Any:
         """The next item, or None at the end of the source or when stopped."""
         while not self.stop.is_set():
             try:

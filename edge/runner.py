@@ -115,6 +115,17 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
 
 
 @dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A frame as the reader thread hands it over: where it was taken, and its tiles if it is classified."""
+
+    frame: Frame
+    where: dict[str, Any] | None
+    tiles: np.ndarray | None = None  # None: not classified (standing still, or not yet --every-m metres on)
+    boxes: np.ndarray | None = None
+    pre_ms: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Parts:
     """What run() opened and checked for one run, before the run's state exists."""
 
@@ -160,7 +171,7 @@ class EdgeRun:
         self.annotator = Annotator(
             recorder.out / "annotated.mp4" if config.save_video else None, config.show, source.fps, self.threshold
         )
-        self.reader = Reader(source, self.cut, stop)
+        self.reader = Reader(source, self.prepare, stop)
         self.times = StageTimes()
         self.progress = _Progress(source.total())
         self.state: dict[str, Any] = {
@@ -178,12 +189,17 @@ class EdgeRun:
         self.first = self.last = time.perf_counter()
         self.example: np.ndarray | None = None
 
-    # the reader thread's work: a frame's tiles, in RGB
-    def cut(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    # the reader thread's work: where the frame is, whether it is classified, and only then its tiles in RGB, so
+    # that a frame skipped by --every-m costs no cut (11 ms at 720p)
+    def prepare(self, frame: Frame) -> Prepared:
+        where = self.locator.at(frame.timestamp) if self.locator is not None else None
+        if not self.wanted(frame, where):
+            return Prepared(frame, where)
+        t = time.perf_counter()
         tiles, boxes = preprocess.tiles(frame.image, self.spec)
         if frame.order == "BGR":
             tiles = np.ascontiguousarray(tiles[..., ::-1])  # cheaper on the tiles than on the whole frame
-        return tiles, boxes
+        return Prepared(frame, where, tiles, boxes, (time.perf_counter() - t) * 1000)
 
     def clock(self, t: float | None) -> str | None:
         """An event time as ISO 8601 UTC: live frames carry Unix time, a video's need its start (from --gps)."""
@@ -264,7 +280,7 @@ class EdgeRun:
         self.recorder.summary(self.summary())
         last_summary = last_space_check = time.monotonic()
         while (item := self.reader.next()) is not None:
-            if not self.frame(*item):
+            if not self.frame(item):
                 continue
             if self.config.max_frames and self.state["processed"] >= self.config.max_frames:
                 break
@@ -276,10 +292,11 @@ class EdgeRun:
                 self.recorder.summary(self.summary())
                 last_summary = now
 
-    def frame(self, frame: Frame, tiles: np.ndarray, boxes: np.ndarray, pre_ms: float) -> bool:
+    def frame(self, item: Prepared) -> bool:
         """Classify one frame and record it; False when it was skipped (standing still, or not yet --every-m)."""
-        where = self.position(frame)
-        if not self.wanted(frame, where):
+        frame, where, tiles, boxes = item.frame, item.where, item.tiles, item.boxes
+        self.extend_track(where)
+        if tiles is None or boxes is None:
             return False
         t = time.perf_counter()
         tile_probs = self.runner.probs(tiles)
@@ -290,17 +307,15 @@ class EdgeRun:
         active = self.decide(frame, row, where, box, prob)
         self.recorder.prediction(row)
         self.outputs(frame, prob, active, box)
-        self.account(frame, tiles, {"preprocess": pre_ms, "infer": (t_post - t) * 1000}, t_post)
+        self.account(frame, tiles, {"preprocess": item.pre_ms, "infer": (t_post - t) * 1000}, t_post)
         return True
 
-    def position(self, frame: Frame) -> dict[str, Any] | None:
-        """Where the frame was taken (with --gps); the track it extends goes to the office in chunks."""
-        where = self.locator.at(frame.timestamp) if self.locator is not None else None
+    def extend_track(self, where: dict[str, Any] | None) -> None:
+        """The track goes to the office in chunks, every frame's position, classified or not."""
         if self.tracks is not None and (chunk := self.tracks.add(where)) is not None:
             self.delivery.queue(chunk["id"], chunk)
-        return where
 
-    def wanted(self, frame: Frame, where: dict[str, Any] | None) -> bool:
+    def wanted(self, frame: Frame, where: dict[str, Any] | None) -> bool:  # on the reader thread
         speed = where and where["speed_mps"]
         if self.config.min_speed and speed is not None and speed * 3.6 < self.config.min_speed:
             self.state["standing"] += 1  # a car standing still would see the same pothole for minutes

@@ -660,16 +660,16 @@ def test_live_frames_are_cut_into_tiles_only_when_chosen(tmp_path):
 
     cut = []
 
-    def preprocess(frame):
+    def prepare(frame):
         cut.append(frame.index)
         time.sleep(0.01)  # slower than the camera
-        return np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1, 4))
+        return frame
 
     stop = threading.Event()
-    reader = Reader(Burst(), preprocess, stop).start()
+    reader = Reader(Burst(), prepare, stop).start()
     taken = []
     while (item := reader.next()) is not None:
-        taken.append(item[0].index)
+        taken.append(item.index)
         time.sleep(0.01)
     reader.join()
     assert reader.read == 200 and reader.dropped > 100
@@ -795,6 +795,16 @@ def test_every_m_defaults_to_half_the_view_depth_where_a_speed_is_known(model, v
     frames = [r["frame"] for r in lines(tmp_path / "run" / "predictions.jsonl")]
     assert frames == list(range(0, sum(n for _, n in SEGMENTS), 4))  # 1 m a frame at 10 fps
     assert json.loads((tmp_path / "run" / "config.json").read_text())["every_m"] == 4.0  # the resolved value
+
+
+def test_a_frame_skipped_by_distance_is_never_cut_into_tiles(model, video, tmp_path, monkeypatch):
+    from pothole_edge import preprocess
+
+    cut, real = [], preprocess.tiles
+    monkeypatch.setattr(preprocess, "tiles", lambda image, spec: cut.append(1) or real(image, spec))
+    result = run(EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), every_m=3.0, speed_kmh=36.0))
+    assert result["coverage"]["frames_skipped"] > 0
+    assert len(cut) == result["coverage"]["frames_classified"]
 
 
 def test_every_m_selects_frames_by_distance_on_a_file_and_events_still_fire(model, video, tmp_path):

@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
         "--allow-cpu-fallback", action="store_true", help="run on the CPU when the --device asked for is unusable"
     )
     p.add_argument(
-        "--threads", type=int, help="inference threads, at most the usable cores (default: every core but one)"
+        "--threads", type=int, help="inference threads, at most the usable cores (default: every usable core)"
     )
     p.add_argument("--threshold", type=float, help="pothole threshold (default: the model's)")
     p.add_argument(

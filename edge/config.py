@@ -39,7 +39,7 @@ class EdgeConfig:
     device: str = "auto"  # auto, tensorrt, cuda or cpu
     precision: str = "fp32"  # TensorRT's build precision: fp32 or fp16
     allow_cpu_fallback: bool = False
-    threads: int | None = None  # None: every core but one
+    threads: int | None = None  # None: every usable core
     threshold: float | None = None  # None: the model metadata's threshold
     roi: str | None = None  # x0,y0,x1,y1 fractions; None: the model's view region
     trt_cache: str | None = None  # TensorRT engine cache folder; None: the per-user cache

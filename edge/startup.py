@@ -25,7 +25,7 @@ log = logging.getLogger("edge")
 
 
 def threads(config: EdgeConfig) -> int:
-    """Inference threads: every core but one by default, never more than the usable cores."""
+    """Inference threads: every usable core by default, never more."""
     cores = usable_cores()
     if config.threads and config.threads > cores:
         log.warning("--threads %d is more than the %d usable cores; using %d", config.threads, cores, cores)

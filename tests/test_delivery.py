@@ -218,20 +218,7 @@ def test_mqtt_delivers_every_event_through_broker_restarts_and_a_killed_run(mode
     try:
         # restart 1: the run starts with the broker down; its events wait in the outbox
         broker.stop()
-        first = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from pothole_edge.edge.cli import main; main()",
-                *common,
-                "--out",
-                str(tmp_path / "a"),
-                "--drain-timeout",
-                "60",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        first = _edge_run_in_background(*common, "--out", str(tmp_path / "a"), stderr=subprocess.PIPE)
         wait_for(lambda: _queued(outbox) == 6, 60, "six queued events")
         broker.start()
         _, err = first.communicate(timeout=90)
@@ -240,19 +227,7 @@ def test_mqtt_delivers_every_event_through_broker_restarts_and_a_killed_run(mode
         wait_for(lambda: expected <= office.ids(), 30, "the first run's events at the office")
         # restart 2: the broker is killed outright, and so is a run while it waits
         broker.stop(kill=True)
-        killed = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from pothole_edge.edge.cli import main; main()",
-                *common,
-                "--out",
-                str(tmp_path / "b"),
-                "--drain-timeout",
-                "60",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
+        killed = _edge_run_in_background(*common, "--out", str(tmp_path / "b"), stderr=subprocess.DEVNULL)
         wait_for(lambda: _queued(outbox) == 6, 60, "the killed run's six events in the outbox")
         killed.send_signal(signal.SIGKILL)
         killed.wait(10)
@@ -276,6 +251,12 @@ def test_mqtt_delivers_every_event_through_broker_restarts_and_a_killed_run(mode
     assert _queued(outbox) == 0
     c = json.loads((tmp_path / "c" / "summary.json").read_text())["delivery"][0]
     assert c["delivered"] == 12 and c["pending"] == 0 and c["queued"] == 6
+
+
+def _edge_run_in_background(*args: str, stderr: int) -> subprocess.Popen:
+    """edge-run as a process the test can kill, waiting up to 60 s at the end for the broker."""
+    cmd = [sys.executable, "-c", "from pothole_edge.edge.cli import main; main()", *args, "--drain-timeout", "60"]
+    return subprocess.Popen(cmd, stderr=stderr, text=True)
 
 
 def _queued(outbox: Path) -> int:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -335,7 +336,7 @@ def test_tile_draws_keep_the_box_in_view_and_clear_tiles_off_every_box():
 def _rank_with_a_lost_batch(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
-    from pothole_edge.train.distributed import Context
+    from pothole_edge.train.distributed import Context, barrier, teardown
     from pothole_edge.train.engine import train_one_epoch
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -348,8 +349,13 @@ def _rank_with_a_lost_batch(rank: int, init: str, out: str) -> None:
     ctx = Context(rank, 2, torch.device("cpu"))
     loss, _, skipped = train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), optimizer, ctx, None, False, "t")
     weights = model.module[1].weight.detach().clone()
-    dist.destroy_process_group()
     torch.save({"loss": loss, "skipped": skipped, "weights": weights}, f"{out}/rank{rank}.pt")
+    del model, optimizer
+    barrier(ctx)
+    teardown(ctx)
+    # Gloo threads that outlive the interpreter abort its finalisation now and then (pytorch/pytorch#179291,
+    # unfixed): the behaviour under test is over, so the rank leaves without it. An exception above still exits 1.
+    os._exit(0)
 
 
 def test_a_rank_without_a_batch_never_leaves_the_others_waiting(tmp_path):

@@ -110,5 +110,6 @@ def on_main(ctx: Context, fn: Callable[[], Any]) -> Any:
 
 
 def teardown(ctx: Context) -> None:
+    """Leave the group. Not a barrier: after a failure on one rank the others must not wait for it."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()

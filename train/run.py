@@ -156,7 +156,11 @@ def train(config: TrainConfig | None, resume: str | None = None) -> dict[str, An
         folder = _read_run_data(out)
         from pothole_edge.train.fit import fit
 
-        return fit(config, out, folder, ctx, started)
+        result = fit(config, out, folder, ctx, started)
+        # ranks leave together: one that destroys its group while a peer is still in a collective can abort the
+        # peer's gloo threads ("terminate called without an active exception")
+        distributed.barrier(ctx)
+        return result
     except KeyboardInterrupt:
         if ctx.is_main:
             log.warning("interrupted; finished epochs are kept: continue with pt-train --resume %s", out)

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,6 +177,7 @@ def test_a_run_whose_val_loss_never_improves_still_finishes(shared_folder, tmp_p
         ({"region": "0,0,2,1"}, "--region"),
         ({"max_fpr": 1.5}, "--max-fpr"),
         ({"ema_decay": 1.0}, "--ema-decay"),
+        ({"paste": 1.5}, "--paste"),
     ],
 )
 def test_bad_values_fail_before_anything_is_written(shared_folder, tmp_path, bad, message):
@@ -289,6 +291,64 @@ def test_training_on_web_photos_and_survey_frames_together(shared_folder, tmp_pa
     assert hits is None or 0 <= hits["rate"] <= 1
     data = json.loads((out / "data.json").read_text())
     assert data["roots"] == [str(shared_folder), str(survey)] and data["boxed_images"] == 12
+
+
+def test_paste_blends_one_pothole_into_the_tile_and_leaves_the_rest():
+    from pothole_edge.train.paste import paste
+
+    tile = np.full((224, 224, 3), 120, np.uint8)
+    donor = np.full((500, 800, 3), 90, np.uint8)
+    donor[210:250, 310:370] = 10  # the pothole: dark, inside its box, on lighter pavement
+    out = paste(tile, donor, (310, 210, 370, 250), 1.0, seed=4)
+    assert out.shape == tile.shape and out.dtype == np.uint8
+    changed = np.argwhere((out != tile).any(axis=2))
+    (y0, x0), (y1, x1) = changed.min(axis=0), changed.max(axis=0)
+    # one blob about the box's size (scale 0.8-1.25x, plus the feathered margin), the rest of the tile untouched
+    assert 40 <= x1 - x0 + 1 <= 1.6 * 1.25 * 60 and 25 <= y1 - y0 + 1 <= 1.6 * 1.25 * 40
+    assert out.min() < 40  # the pothole's dark core arrives
+    # the donor's pavement (90) is matched to the host's (120): no dark frame around the pothole
+    ring = out[y0 : y1 + 1, x0 : x1 + 1][(out[y0 : y1 + 1, x0 : x1 + 1] > 60).all(axis=2)]
+    assert abs(float(ring.mean()) - 120) < 8
+    assert np.array_equal(out, paste(tile, donor, (310, 210, 370, 250), 1.0, seed=4))  # seeded
+    assert not np.array_equal(out, paste(tile, donor, (310, 210, 370, 250), 1.0, seed=5))
+
+
+def test_a_paste_tile_is_a_positive_cut_from_the_negative_frame(tmp_path):
+    from PIL import Image
+
+    from pothole_edge import spec as specs
+    from pothole_edge.train.data import Sample
+    from pothole_edge.train.loader import TileDataset
+    from pothole_edge.train.tiles import Draw
+
+    host, donor = np.full((500, 800, 3), 120, np.uint8), np.full((500, 800, 3), 120, np.uint8)
+    donor[200:260, 300:380] = 0
+    Image.fromarray(host).save(tmp_path / "n.png")
+    Image.fromarray(donor).save(tmp_path / "p.png")
+    samples = [Sample(0, "n.png", 0, "a", "train"), Sample(0, "p.png", 1, "b", "train", "", ((300, 200, 380, 260),))]
+    prep = specs.preprocess(224, 256, "bilinear", [0.5] * 3, [0.5] * 3)
+    spec = specs.describe(["normal", "pothole"], 1, 0.5, "t", prep, specs.view(grids=[[1, 1], [3, 2]]), "x")
+    draws = [Draw(0, "paste", 1, 7, None, 1), Draw(0, "random", 0, 7)]
+    data = TileDataset([tmp_path / "n.png", tmp_path / "p.png"], samples, draws, spec, "basic")
+    (pasted, label, _), (plain, plain_label, _) = data[0], data[1]
+    assert (label, plain_label) == (1, 0) and pasted.shape == plain.shape == (224, 224, 3)
+    assert int(pasted.min()) < 40 < int(plain.min())  # the donor's dark pothole is in the positive tile alone
+    (tmp_path / "p.png").unlink()  # an unreadable donor leaves the host tile, negative
+    assert data[0][1] == 0
+
+
+def test_paste_draws_come_from_negative_frames_with_a_boxed_donor():
+    from pothole_edge.train.data import Sample
+    from pothole_edge.train.tiles import plan_epoch
+
+    many = [Sample(0, f"{i}.jpg", i % 2, f"h{i}", "train", "", ((1, 1, 9, 9),) if i % 4 == 1 else ()) for i in range(400)]
+    assert plan_epoch(many, 2, 0, "boxes", False, {}, True, 0.0) == plan_epoch(many, 2, 0, "boxes", False, {})
+    draws = plan_epoch(many, 2, 0, "boxes", False, {}, True, 0.5)
+    pasted = [d for d in draws if d.mode == "paste"]
+    assert 70 < len(pasted) < 130  # about half of the 200 negative frames
+    assert all(d.label == 1 and many[d.index].label == 0 and many[d.donor].boxes for d in pasted)
+    assert len({d.donor for d in pasted}) > 20  # donors vary
+    assert sum(d.mode == "random" for d in draws) == 200  # added to every negative frame's own tile, none replaced
 
 
 def test_tile_draws_keep_the_box_in_view_and_clear_tiles_off_every_box():

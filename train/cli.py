@@ -66,6 +66,12 @@ def _d(config: type, name: str) -> str:
     help="Tile augmentation: basic (mirror, light, colour), or road (also pavement colour, gamma, blur, noise, JPEG "
     "and shadows, as other roads and cameras bring)." + _d(T, "augment"),
 )
+@click.option(
+    "--paste",
+    type=float,
+    help="Share of pothole-free frames that also train on a tile with a pothole from a boxed frame pasted in "
+    "(copy-paste: the same potholes on other pavement); needs boxes.csv, 0 turns it off." + _d(T, "paste"),
+)
 @click.option("--group-column", help="frames.csv column whose frames share a split." + _d(T, "group_column"))
 @click.option("--epochs", type=int, help="Most epochs." + _d(T, "epochs"))
 @click.option("--batch-size", type=int, help="Tiles per step." + _d(T, "batch_size"))

@@ -41,6 +41,8 @@ class TrainConfig:
     # EfficientNet-Lite from pretrained weights (2.4x cheaper steps on a CPU), else 0
     freeze: int | None = None
     augment: str = "road"  # tile augmentation: basic or road (train.tiles.augment)
+    # share of negative frames that also give a tile with a boxed pothole pasted in (train.paste); 0: none
+    paste: float = 0.0
     labels: str = "boxes"  # tile labels from boxes.csv where a root has one, else MIL; "mil": MIL everywhere
     group_column: str = "segment"  # frames.csv column whose frames must share a split
     epochs: int = 30
@@ -99,6 +101,7 @@ class TrainConfig:
         checks.number("weight_decay", self.weight_decay, 0, 1, high_open=True)
         checks.number("label_smoothing", self.label_smoothing, 0, 0.5, high_open=True)
         checks.number("ema_decay", self.ema_decay, 0, 1, high_open=True)
+        checks.number("paste", self.paste, 0, 1)
         checks.number("min_delta", self.min_delta, 0)
         checks.number("max_fpr", self.max_fpr, 0, 1, high_open=True)
         checks.number("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)

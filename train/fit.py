@@ -179,7 +179,9 @@ def _epoch(
     torch.manual_seed(config.seed + epoch)
     grids = spec["view"]["grids"]
     whole_only = grids == [[1, 1]]
-    draws = plan_epoch(samples, epoch, config.seed, config.labels, whole_only, state.hottest, [1, 1] in grids)
+    draws = plan_epoch(
+        samples, epoch, config.seed, config.labels, whole_only, state.hottest, [1, 1] in grids, config.paste
+    )
     tiles = TileDataset([folder.path(s) for s in samples], samples, draws, spec, config.augment)
     sampler = (
         DistributedSampler(tiles, ctx.world_size, ctx.rank, shuffle=False, seed=config.seed)

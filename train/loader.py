@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from pothole_edge import preprocess
 from pothole_edge.images import ImageDecodeError, read_rgb
 from pothole_edge.train.data import Sample
+from pothole_edge.train.paste import paste
 from pothole_edge.train.tiles import Draw, augment, footprint
 
 log = logging.getLogger("pt-train")
@@ -71,8 +73,20 @@ class TileDataset(Dataset):
         if image is None:
             return None
         fp, label = footprint(draw, self.samples[draw.index], image.shape[1], image.shape[0], self.spec)
-        tile = augment(preprocess.cut(image, *fp, self.spec["preprocess"]), draw.seed, self.recipe)
+        tile = preprocess.cut(image, *fp, self.spec["preprocess"])
+        if draw.mode == "paste":
+            tile, label = self._paste(tile, draw, fp[2])
+        tile = augment(tile, draw.seed, self.recipe)
         return torch.from_numpy(np.ascontiguousarray(tile)), label, i
+
+    def _paste(self, tile: np.ndarray, draw: Draw, side: float) -> tuple[np.ndarray, int]:
+        """The host tile with the donor's pothole in it; the plain host tile, negative, if the donor is unreadable."""
+        donor = _read(self.paths[draw.donor])
+        if donor is None:
+            return tile, 0
+        boxes = self.samples[draw.donor].boxes or ()
+        box = boxes[random.Random(draw.seed).randrange(len(boxes))]
+        return paste(tile, donor, box, self.spec["preprocess"]["resize"] / side, draw.seed), 1
 
 
 class FrameDataset(Dataset):

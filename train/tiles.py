@@ -32,10 +32,11 @@ class Draw:
     """One training tile to cut: which frame, how to choose the footprint, and its label."""
 
     index: int  # into the training samples
-    mode: str  # box, clear, mil, hard, random, whole
+    mode: str  # box, clear, mil, hard, random, whole, frame, paste
     label: int
     seed: int
-    hint: Footprint | None = None  # the scoring pass's tile for mil and hard
+    hint: Footprint | None = None  # the scoring pass's tile for mil and hard (and paste: its host tile)
+    donor: int = -1  # paste: the training sample whose boxed pothole is pasted (train.paste)
 
 
 def plan_epoch(
@@ -46,9 +47,12 @@ def plan_epoch(
     whole_only: bool,
     hottest: dict[int, Footprint],
     with_frame: bool = True,
+    paste: float = 0.0,
 ) -> list[Draw]:
-    """This epoch's draws, shuffled."""
+    """This epoch's draws, shuffled. With `paste`, that share of negative frames also gives a tile with a
+    pothole from a boxed frame pasted in (positive): their hard tile half the time, else a random one."""
     rng = random.Random(f"{seed}:{epoch}")
+    donors = [i for i, s in enumerate(samples) if s.label == 1 and s.boxes] if paste else []
     draws = []
     for i, s in enumerate(samples):
         k = rng.randrange(1 << 30)
@@ -64,6 +68,9 @@ def plan_epoch(
         else:
             hard = hottest.get(i) if rng.random() < 0.5 else None
             draws.append(Draw(i, "hard" if hard else "random", 0, k, hard))
+            if donors and rng.random() < paste:
+                host = hottest.get(i) if rng.random() < 0.5 else None
+                draws.append(Draw(i, "paste", 1, k + 3, host, rng.choice(donors)))
     rng.shuffle(draws)
     return draws
 
@@ -108,7 +115,7 @@ def footprint(draw: Draw, sample: Sample, w: int, h: int, spec: dict[str, Any]) 
         if draw.label == 1 and sample.boxes:  # a wide tile labelled pothole must show one
             return _around(rng.choice(sample.boxes), side, edge, w, h, rng), 1
         return (rng.uniform(0, w - side), rng.uniform(0, h - side), side), draw.label
-    if draw.mode in ("mil", "hard") and draw.hint is not None:
+    if draw.mode in ("mil", "hard", "paste") and draw.hint is not None:
         x, y, side = draw.hint
         j = 0.1 * side
         return _inside((x + rng.uniform(-j, j), y + rng.uniform(-j, j), side * rng.uniform(0.9, 1.1)), w, h), draw.label
@@ -126,7 +133,8 @@ def footprint(draw: Draw, sample: Sample, w: int, h: int, spec: dict[str, Any]) 
         big_enough = 1.25 * max(box[2] - box[0], box[3] - box[1]) / (1 - 2 * edge)
         side = min(max(rng.choice(fine) * rng.uniform(*SCALE_JITTER), big_enough), w, h)
         return _around(box, side, edge, w, h, rng), 1
-    return random_fp(sides), 0  # a negative frame is negative at every level of the view, the whole frame too
+    # a negative frame is negative at every level of the view, the whole frame too; a paste keeps its label
+    return random_fp(sides), draw.label
 
 
 def _around(box: Box, side: float, edge: float, w: int, h: int, rng: random.Random) -> Footprint:

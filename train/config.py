@@ -41,7 +41,8 @@ class TrainConfig:
     # EfficientNet-Lite from pretrained weights (2.4x cheaper steps on a CPU), else 0
     freeze: int | None = None
     augment: str = "road"  # tile augmentation: basic or road (train.tiles.augment)
-    # share of negative frames that also give a tile with a boxed pothole pasted in (train.paste); 0: none
+    # share of negative frames that also give a tile with a boxed pothole pasted in (train.paste); 0: none.
+    # Off by default: 3-fold road CV 0.863 with 0.5, against 0.872 without
     paste: float = 0.0
     labels: str = "boxes"  # tile labels from boxes.csv where a root has one, else MIL; "mil": MIL everywhere
     group_column: str = "segment"  # frames.csv column whose frames must share a split

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from pothole_edge.train.data import Box
+from pothole_edge.train.tiles import SCALE_JITTER
 
 MARGIN = 0.3  # pavement kept around the box on each side, as a share of its size, for the feathered edge
-SCALE_JITTER = (0.8, 1.25)
 
 
 def paste(tile: np.ndarray, donor: np.ndarray, box: Box, scale: float, seed: int) -> np.ndarray:

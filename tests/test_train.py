@@ -351,6 +351,11 @@ def test_paste_draws_come_from_negative_frames_with_a_boxed_donor():
     assert sum(d.mode == "random" for d in draws) == 200  # added to every negative frame's own tile, none replaced
 
 
+def test_paste_without_any_boxed_pothole_says_it_pastes_nothing(shared_folder, tmp_path, caplog):
+    train(_config(shared_folder, tmp_path / "run", epochs=1, paste=0.5))  # web-style folder: no boxes.csv
+    assert "--paste 0.5 pastes nothing" in caplog.text and (tmp_path / "run" / "model.pt").is_file()
+
+
 def test_tile_draws_keep_the_box_in_view_and_clear_tiles_off_every_box():
     from pothole_edge import spec as specs
     from pothole_edge.train.data import Sample

@@ -98,6 +98,10 @@ def _init_run(config: TrainConfig, out: Path) -> None:
             check_imagenet(config.arch)  # offline, fail now: nothing written yet, so a retry is free
         if folder.skipped:
             log.warning("skipped %d unreadable file(s); see data.json", len(folder.skipped))
+        if config.paste and not any(s.boxes for s in folder.samples if s.split == "train" and s.label == 1):
+            log.warning(
+                "--paste %g pastes nothing: no training pothole has a box (boxes.csv beside its frames)", config.paste
+            )
         write_json(out / "data.json", folder.summary())
         write_text(out / "split.csv", data.manifest_text(folder.samples, folder.class_names))
         write_json(out / "config.json", to_dict(replace(config, positive=config.positive or folder.class_names[1])))

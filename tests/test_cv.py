@@ -110,7 +110,7 @@ def test_bad_cv_flags_are_one_line(tmp_path, args, message):
     assert not out.exists()
 
 
-def test_cross_validation_reports_each_fold_and_resumes_after_a_crash(shared_folder, tmp_path, monkeypatch):
+def test_cross_validation_reports_each_fold_and_resumes_after_a_crash(shared_folder, tmp_path, monkeypatch, caplog):
     roads = _roads_root(tmp_path / "dash")
     out = tmp_path / "cv"
     config = TrainConfig(
@@ -120,8 +120,10 @@ def test_cross_validation_reports_each_fold_and_resumes_after_a_crash(shared_fol
 
     # a kill during the second fold's only epoch: the first fold stays finished and is not trained again
     monkeypatch.setattr(cv, "train", _crash_on_fold(cv.train, 2, monkeypatch))
+    caplog.set_level("INFO", logger="pt-train")
     with pytest.raises(KeyboardInterrupt):
         cross_validate(config)
+    assert caplog.text.count("share their split") == 2  # once per fold started, not again for the up-front check
     first = (out / "fold-1" / "model.pt").stat().st_mtime_ns
     assert not (out / "cv.json").exists() and not (out / "fold-2" / "model.pt").exists()
     monkeypatch.undo()

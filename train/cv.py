@@ -60,8 +60,13 @@ def _start(config: TrainConfig) -> tuple[TrainConfig, Path]:
     if (out / "config.json").exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume {out}, or pass another --out")
     if config.data != (DEMO,):  # every fold must be able to train before the first one starts
-        for k in range(1, config.cv + 1):
-            split(replace(config, cv_fold=k), list(config.data))
+        level = log.level
+        log.setLevel(logging.ERROR)  # each fold says what its data holds when it starts; once is enough
+        try:
+            for k in range(1, config.cv + 1):
+                split(replace(config, cv_fold=k), list(config.data))
+        finally:
+            log.setLevel(level)
     if config.weights == "imagenet":
         check_imagenet(config.arch)
     ensure_writable_dir(out, "run directory")

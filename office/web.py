@@ -25,6 +25,8 @@ from pothole_edge.office.ingest import MAX_MESSAGE_BYTES, Office
 
 log = logging.getLogger("office")
 SNAPSHOT = re.compile(r"^/snapshots/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jpg$")
+# a client that stops sending mid-request loses its connection after this long, so idle sockets cannot pile up
+CLIENT_TIMEOUT_S = 30.0
 REFUSAL_STATUS = {"unsigned": 401, "bad signature": 401, "replayed": 401, "from the future": 401, "too large": 413}
 
 
@@ -56,6 +58,7 @@ def make_server(host: str, port: int, site: Site) -> ThreadingHTTPServer:
         pass
 
     Handler.site = site
+    Handler.timeout = CLIENT_TIMEOUT_S
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     return server

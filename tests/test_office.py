@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -218,6 +219,22 @@ def test_the_office_refuses_writes_and_bad_requests(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request, timeout=10)
         assert e.value.code == 405
+    finally:
+        office.close()
+
+
+def test_a_client_that_stops_sending_is_cut_off_and_others_are_served(tmp_path, monkeypatch):
+    from pothole_edge.office import web
+
+    monkeypatch.setattr(web, "CLIENT_TIMEOUT_S", 0.5)
+    office = Office(ServeConfig(data=str(tmp_path / "office"), http="127.0.0.1:0"))
+    try:
+        with socket.create_connection(("127.0.0.1", office.port), timeout=10) as stalled:
+            stalled.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # the headers never end
+            assert "version" in office.json("/health")  # served while the other waits
+            started = time.monotonic()
+            assert stalled.recv(1024) == b""  # closed by the server, not by our own 10 s timeout
+            assert time.monotonic() - started < 5
     finally:
         office.close()
 

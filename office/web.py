@@ -14,6 +14,9 @@ import json
 import logging
 import math
 import re
+import socket
+import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,8 +28,10 @@ from pothole_edge.office.ingest import MAX_MESSAGE_BYTES, Office
 
 log = logging.getLogger("office")
 SNAPSHOT = re.compile(r"^/snapshots/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jpg$")
-# a client that stops sending mid-request loses its connection after this long, so idle sockets cannot pile up
+# a client silent this long mid-request loses its connection, so idle sockets cannot pile up; one that trickles
+# a byte at a time is cut off when its whole exchange (one request: the server speaks HTTP/1.0) passes the deadline
 CLIENT_TIMEOUT_S = 30.0
+REQUEST_DEADLINE_S = 120.0
 REFUSAL_STATUS = {"unsigned": 401, "bad signature": 401, "replayed": 401, "from the future": 401, "too large": 413}
 
 
@@ -59,15 +64,39 @@ def make_server(host: str, port: int, site: Site) -> ThreadingHTTPServer:
 
     Handler.site = site
     Handler.timeout = CLIENT_TIMEOUT_S
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    return _Server((host, port), Handler)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client went away, or was cut off
+            log.debug("connection from %s ended early", client_address[0], exc_info=True)
+        else:
+            log.exception("a request from %s failed", client_address[0])
 
 
 class _Handler(BaseHTTPRequestHandler):
     site: Site
     server_version = "pothole-office"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._cut_off)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut_off(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)

@@ -227,6 +227,7 @@ def test_a_client_that_stops_sending_is_cut_off_and_others_are_served(tmp_path, 
     from pothole_edge.office import web
 
     monkeypatch.setattr(web, "CLIENT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(web, "REQUEST_DEADLINE_S", 2.0)
     office = Office(ServeConfig(data=str(tmp_path / "office"), http="127.0.0.1:0"))
     try:
         with socket.create_connection(("127.0.0.1", office.port), timeout=10) as stalled:
@@ -235,6 +236,20 @@ def test_a_client_that_stops_sending_is_cut_off_and_others_are_served(tmp_path, 
             started = time.monotonic()
             assert stalled.recv(1024) == b""  # closed by the server, not by our own 10 s timeout
             assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", office.port), timeout=10) as trickle:
+            trickle.sendall(b"GET /health HTTP/1.0\r\n")
+            trickle.settimeout(0.2)
+            started = time.monotonic()
+            while time.monotonic() - started < 8:
+                try:
+                    trickle.sendall(b"X")  # a header line that never ends, a byte every 0.2 s: no read times out
+                    if trickle.recv(1024) == b"":
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:  # reset by the server
+                    break
+            assert time.monotonic() - started < 5  # cut off at the 2 s deadline
     finally:
         office.close()
 

@@ -4,8 +4,9 @@ It travels inside the checkpoint (`spec`) and the ONNX metadata, and every consu
 parity gate, edge-run, pt-bench) reads it through `validate`, which checks every field, so a model
 that lies about itself is refused before anything is written.
 
-    schema_version   3 (2 is read too, 1 as one centre tile: the view before tiles existed; 3 added
-                     the top2 pool, which a reader of 2 would misread)
+    schema_version   4 (3 and 2 are read too, 1 as one centre tile: the view before tiles existed; 3 added
+                     the top2 pool, which a reader of 2 would misread; 4 added global_pool, which a reader of
+                     3 would rebuild wrongly from a checkpoint)
     class_names      [negative, positive]
     positive_index   index of the positive class in class_names and in the model's output
     threshold        the decision threshold on the frame probability, in [0, 1]
@@ -16,6 +17,9 @@ that lies about itself is refused before anything is written.
                      overlap (between neighbouring tiles), pool (how tile scores make a frame's:
                      max, or top2, the mean of the two hottest)
     arch             the network
+    global_pool      how the network pools its last feature map into one vector: avg (the ImageNet
+                     networks' own), max, or avgmax (their mean), as timm's global_pool; only a checkpoint's
+                     reader needs it, since the ONNX graph holds the pooling
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from typing import Any
 
 from pothole_edge.errors import UsageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 INTERPOLATIONS = ("bilinear", "bicubic")
 POOLS = ("max", "top2")
+GLOBAL_POOLS = ("avg", "max", "avgmax")
 MAX_GRID = 16
 WHOLE_FRAME = (0.0, 0.0, 1.0, 1.0)
 
@@ -68,6 +73,7 @@ def describe(
     prep: dict[str, Any],
     view_spec: dict[str, Any],
     arch: str,
+    global_pool: str = "avg",
 ) -> dict[str, Any]:
     spec = {
         "schema_version": SCHEMA_VERSION,
@@ -78,6 +84,7 @@ def describe(
         "preprocess": prep,
         "view": view_spec,
         "arch": arch,
+        "global_pool": global_pool,
     }
     return validate(spec, "the new model")
 
@@ -95,8 +102,10 @@ def _fail(source: str, what: str) -> SpecError:
 
 
 def _upgrade(spec: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 had no view: the model saw one centre crop of the whole frame. Schema 2 knew max pooling alone."""
+    """Schema 1 had no view: the model saw one centre crop of the whole frame. Schema 2 knew max pooling alone;
+    before 4 every network average-pooled its feature map."""
     spec = dict(spec)
+    spec.setdefault("global_pool", "avg")
     spec.setdefault("view", view())
     spec.setdefault("threshold_method", "unknown (schema 1)")
     spec.setdefault("arch", "unknown")
@@ -138,6 +147,8 @@ def validate(spec: Any, source: str) -> dict[str, Any]:
         raise _fail(source, "threshold_method must be a string")
     if not isinstance(spec.get("arch"), str):
         raise _fail(source, "arch must be a string")
+    if spec.get("global_pool") not in GLOBAL_POOLS:
+        raise _fail(source, f"global_pool {spec.get('global_pool')!r} must be one of {', '.join(GLOBAL_POOLS)}")
     _check_preprocess(spec.get("preprocess"), source)
     _check_view(spec.get("view"), source)
     return spec

@@ -107,12 +107,21 @@ def test_cut_is_the_training_side_of_the_same_geometry():
         ({"preprocess": None}, "preprocess is missing"),
         ({"view": {"region": [0, 0, 1, 1], "grids": [[0, 2]], "overlap": 0.1, "pool": "max"}}, "view.grids"),
         ({"view": {"region": [0.5, 0, 0.4, 1], "grids": [[1, 1]], "overlap": 0.1, "pool": "max"}}, "view.region"),
+        ({"global_pool": "median"}, "global_pool 'median'"),
+        ({"global_pool": None}, "global_pool None"),
     ],
 )
 def test_metadata_that_lies_is_refused_with_one_line(change, words):
     with pytest.raises(specs.SpecError, match="invalid pothole-edge metadata|newer") as e:
         specs.validate(_spec() | change, "m.onnx")
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_schema_3_model_reads_as_average_pooled_and_a_newer_pool_is_kept():
+    old = {k: v for k, v in _spec().items() if k != "global_pool"} | {"schema_version": 3}
+    assert specs.validate(old, "m.onnx") == _spec()  # upgraded: global_pool avg, the current schema
+    assert specs.validate(_spec() | {"global_pool": "avgmax"}, "m.onnx")["global_pool"] == "avgmax"
+    assert specs.validate(old | {"global_pool": "max"}, "m.onnx")["global_pool"] == "max"  # not overwritten
 
 
 def test_crop_must_agree_with_the_metadata_contract_and_the_graph(tmp_path):

@@ -51,6 +51,32 @@ def test_round_trip(run_dir, tmp_path):
     assert report["tiles_per_frame"] == 5 and report["reports"][0]["tiles"] == 5 * report["frames"]
 
 
+def test_a_max_pooled_network_is_rebuilt_exported_and_proved_with_its_own_pooling(shared_folder, tmp_path):
+    from pothole_edge.train.config import TrainConfig
+    from pothole_edge.train.models import create_model, normalized
+    from pothole_edge.train.run import train
+    from tests.conftest import TINY
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=(str(shared_folder),), out=str(run), **(TINY | {"epochs": 1, "global_pool": "max", "img_size": 64})))
+    ckpt = checkpoint.load(run / "model.pt")
+    assert ckpt["spec"]["global_pool"] == "max"
+    rebuilt = checkpoint.model_from_checkpoint(ckpt)
+    image = torch.randint(0, 256, (4, 96, 96, 3), dtype=torch.uint8)  # a 3x3 feature map: the pools differ
+    averaged = normalized(create_model("efficientnet_lite0"), ckpt["spec"]["preprocess"]).eval()
+    averaged.model.load_state_dict(ckpt["state_dict"])  # the same weights fit either pooling: only the spec tells
+    with torch.no_grad():
+        x = (image.permute(0, 3, 1, 2).float() - rebuilt.mean) / rebuilt.std
+        by_hand = rebuilt.model.classifier(rebuilt.model.forward_features(x).amax((2, 3)))
+        assert torch.allclose(rebuilt(image), by_hand, atol=1e-5)
+        assert not torch.allclose(averaged(image), by_hand, atol=1e-3)
+    result = export(ExportConfig(str(run), out=str(tmp_path / "onnx"), speed_runs=3))
+    assert result["passed"] and metadata.read(tmp_path / "onnx" / "model.onnx")["global_pool"] == "max"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node}
+    # a 64 px tile leaves a 2x2 map, so the pool is not folded away; EfficientNet has no other max pooling
+    assert ops & {"MaxPool", "GlobalMaxPool", "ReduceMax"}
+
+
 @pytest.mark.parametrize("block_onnx", [False, True])
 def test_metadata_reads_without_torch(run_dir, tmp_path, block_onnx):
     export(ExportConfig(str(run_dir), out=str(tmp_path), speed_runs=3))

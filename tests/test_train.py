@@ -178,6 +178,7 @@ def test_a_run_whose_val_loss_never_improves_still_finishes(shared_folder, tmp_p
         ({"max_fpr": 1.5}, "--max-fpr"),
         ({"ema_decay": 1.0}, "--ema-decay"),
         ({"paste": 1.5}, "--paste"),
+        ({"global_pool": "median"}, "--global-pool"),
     ],
 )
 def test_bad_values_fail_before_anything_is_written(shared_folder, tmp_path, bad, message):

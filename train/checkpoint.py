@@ -151,7 +151,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
 
     spec = ckpt["spec"]
     check_arch(spec["arch"])
-    model = create_model(spec["arch"], num_classes=len(spec["class_names"]))
+    model = create_model(spec["arch"], num_classes=len(spec["class_names"]), global_pool=spec["global_pool"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

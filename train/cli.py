@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from pothole_edge.cli import default, given, main_click, run
-from pothole_edge.spec import POOLS
+from pothole_edge.spec import GLOBAL_POOLS, POOLS
 from pothole_edge.train.config import (
     ARCH_CHOICES,
     AUGMENTS,
@@ -59,6 +59,12 @@ def _d(config: type, name: str) -> str:
     type=int,
     help="Leading stages of the pretrained network kept as they are (stem, then each block).  "
     "[default: 3 for efficientnet_lite* from pretrained weights, else 0]",
+)
+@click.option(
+    "--global-pool",
+    type=click.Choice(GLOBAL_POOLS),
+    help="How the network pools its last feature map, as timm's --gp: avg (the pretrained networks' own), max (one "
+    "cell decides: a small pothole is not averaged away), or avgmax, their mean." + _d(T, "global_pool"),
 )
 @click.option(
     "--augment",

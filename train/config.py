@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pothole_edge import checks
 from pothole_edge.errors import UsageError
-from pothole_edge.spec import POOLS
+from pothole_edge.spec import GLOBAL_POOLS, POOLS
 
 C = TypeVar("C")
 ARCH_CHOICES = ("resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -40,6 +40,8 @@ class TrainConfig:
     # leading stages of the pretrained network kept as they are (train.models.STAGES); None: 3 for an
     # EfficientNet-Lite from pretrained weights (2.4x cheaper steps on a CPU), else 0
     freeze: int | None = None
+    # the network's pooling of its last feature map (timm's global_pool): avg, max or avgmax
+    global_pool: str = "avg"
     augment: str = "road"  # tile augmentation: basic or road (train.tiles.augment)
     # share of negative frames that also give a tile with a boxed pothole pasted in (train.paste); 0: none.
     # Off by default: 3-fold road CV 0.863 with 0.5, against 0.872 without
@@ -81,6 +83,7 @@ class TrainConfig:
         checks.choice("labels", self.labels, LABELS)
         checks.choice("augment", self.augment, AUGMENTS)
         checks.choice("pool", self.pool, POOLS)
+        checks.choice("global-pool", self.global_pool, GLOBAL_POOLS)
         checks.choice("class-weight", self.class_weight, CLASS_WEIGHTS)
         checks.choice("threshold-rule", self.threshold_rule, THRESHOLD_RULES)
         for name in ("epochs", "batch_size", "patience", "demo_per_class"):

@@ -51,7 +51,14 @@ def base_spec(
 ) -> dict[str, Any]:
     view = specs.view(parse_region(config.region), parse_grids(config.grids), config.overlap, config.pool)
     return specs.describe(
-        folder.class_names, 1, threshold, method, resolve_preprocess(config.arch, config.img_size), view, config.arch
+        folder.class_names,
+        1,
+        threshold,
+        method,
+        resolve_preprocess(config.arch, config.img_size),
+        view,
+        config.arch,
+        config.global_pool,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from pothole_edge import checks
 from pothole_edge import spec as specs
 from pothole_edge.errors import UsageError
 from pothole_edge.train.config import ARCH_CHOICES
@@ -91,21 +92,30 @@ def resolve_preprocess(arch: str, img_size: int | None = None) -> dict[str, Any]
     )
 
 
-def create_model(arch: str, num_classes: int = 2) -> torch.nn.Module:
-    """The bare architecture with a `num_classes` head and random weights."""
+def create_model(arch: str, num_classes: int = 2, global_pool: str = "avg") -> torch.nn.Module:
+    """The bare architecture with a `num_classes` head and random weights; `global_pool` (timm's names: avg,
+    max, avgmax) pools the last feature map. It has no weights, so any pool loads any checkpoint of `arch`."""
     check_arch(arch)
+    checks.choice("global-pool", global_pool, specs.GLOBAL_POOLS)
     if arch == "resnet50":
         from torchvision.models import resnet50
 
-        return resnet50(weights=None, num_classes=num_classes)
+        model = resnet50(weights=None, num_classes=num_classes)
+        if global_pool != "avg":
+            from timm.layers import SelectAdaptivePool2d
+
+            model.avgpool = SelectAdaptivePool2d(pool_type=global_pool)  # torchvision flattens after it
+        return model
     import timm
 
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, global_pool=global_pool)
 
 
-def build_model(arch: str, weights: str = "imagenet", num_classes: int = 2) -> torch.nn.Module:
+def build_model(
+    arch: str, weights: str = "imagenet", num_classes: int = 2, global_pool: str = "avg"
+) -> torch.nn.Module:
     """`arch` with a fresh `num_classes` head on top of `weights`."""
-    model = create_model(arch, num_classes)
+    model = create_model(arch, num_classes, global_pool)
     if weights == "none":
         return model
     if weights == "imagenet":

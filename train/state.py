@@ -90,7 +90,11 @@ def new_state(config: TrainConfig, preprocess: dict[str, Any], ctx: Context, res
     """The network (pretrained weights only for a new run: a resumed one loads its own), frozen stages, the
     device, DDP, and the optimiser over what trains."""
     torch.manual_seed(config.seed)
-    bare = create_model(config.arch) if resuming else build_model(config.arch, config.weights)
+    bare = (
+        create_model(config.arch, global_pool=config.global_pool)
+        if resuming
+        else build_model(config.arch, config.weights, global_pool=config.global_pool)
+    )
     if config.freeze:
         trainable = freeze(bare, config.arch, config.freeze)
         if ctx.is_main:

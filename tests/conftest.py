@@ -66,7 +66,7 @@ def trained_run(shared_folder: Path, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
-def crash_in_epoch(monkeypatch: pytest.MonkeyPatch, config, epoch: int) -> None:
+def crash_in_epoch(monkeypatch: pytest.MonkeyPatch, config, epoch: int, **train_args) -> None:
     """Train with `config` until a kill in the middle of `epoch` (1-based), as a power cut would leave the run."""
     from pothole_edge.train import fit
     from pothole_edge.train.run import train
@@ -82,7 +82,7 @@ def crash_in_epoch(monkeypatch: pytest.MonkeyPatch, config, epoch: int) -> None:
     with monkeypatch.context() as patched:
         patched.setattr(fit, "train_one_epoch", dies)
         with pytest.raises(KeyboardInterrupt):
-            train(config)
+            train(config, **train_args)
 
 
 def free_port() -> int:

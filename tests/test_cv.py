@@ -124,6 +124,7 @@ def test_cross_validation_reports_each_fold_and_resumes_after_a_crash(shared_fol
     with pytest.raises(KeyboardInterrupt):
         cross_validate(config)
     assert caplog.text.count("share their split") == 2  # once per fold started, not again for the up-front check
+    assert f"continue with pt-train --resume {out}\n" in caplog.text  # the whole cross-validation, not its fold
     first = (out / "fold-1" / "model.pt").stat().st_mtime_ns
     assert not (out / "cv.json").exists() and not (out / "fold-2" / "model.pt").exists()
     monkeypatch.undo()
@@ -184,11 +185,11 @@ def test_calibration_replay_calibrates_on_the_first_half_and_measures_on_the_sec
 
 
 def _crash_on_fold(real_train, fold, monkeypatch):
-    def train(config, resume=None):
+    def train(config, resume=None, within=None):
         if config is not None and config.cv_fold == fold:
-            crash_in_epoch(monkeypatch, config, 1)
+            crash_in_epoch(monkeypatch, config, 1, within=within)
             raise KeyboardInterrupt
-        return real_train(config, resume=resume)
+        return real_train(config, resume=resume, within=within)
 
     return train
 

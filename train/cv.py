@@ -97,9 +97,9 @@ def cross_validate(config: TrainConfig | None, resume: str | None = None) -> dic
             continue
         log.info("fold %d of %d: holding out its %s groups, in %s", k, config.cv, config.group_column, run)
         if (run / "config.json").is_file():
-            train(None, resume=str(run))
+            train(None, resume=str(run), within=out)
         else:
-            train(replace(config, cv_fold=k, out=str(run)))
+            train(replace(config, cv_fold=k, out=str(run)), within=out)
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
     result = summarize(out, config, time.time() - started)

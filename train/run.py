@@ -133,10 +133,11 @@ def _check_resumable(out: Path) -> None:
         raise UsageError(f"the run in {out} has already finished; its model is {out / 'model.pt'}")
 
 
-def train(config: TrainConfig | None, resume: str | None = None) -> dict[str, Any]:
+def train(config: TrainConfig | None, resume: str | None = None, within: Path | None = None) -> dict[str, Any]:
     """Train, pick the threshold on validation, evaluate on test, and fill the run directory.
 
-    Returns the test metrics. With `resume` (a run directory) the run's own config is used.
+    Returns the test metrics. With `resume` (a run directory) the run's own config is used. `within` is the
+    cross-validation run this is one fold of: what a user resumes after an interruption.
     Under torchrun every rank calls this; rank 0 alone writes files.
     """
     from pothole_edge.train import distributed
@@ -153,6 +154,7 @@ def train(config: TrainConfig | None, resume: str | None = None) -> dict[str, An
         config = resolve(config)
         out = Path(config.out)
     keep_freed_memory()
+    again = within or out
     ctx = distributed.setup(config.device)
     try:
         if not resume:
@@ -167,14 +169,14 @@ def train(config: TrainConfig | None, resume: str | None = None) -> dict[str, An
         return result
     except KeyboardInterrupt:
         if ctx.is_main:
-            log.warning("interrupted; finished epochs are kept: continue with pt-train --resume %s", out)
+            log.warning("interrupted; finished epochs are kept: continue with pt-train --resume %s", again)
         raise
     except OSError as e:
         if not is_disk_full(e):
             raise
         raise DiskFull(
             f"no space left on the device writing {e.filename or out}; the last finished epoch is kept: "
-            f"free some space, then continue with pt-train --resume {out}"
+            f"free some space, then continue with pt-train --resume {again}"
         ) from None
     finally:
         distributed.teardown(ctx)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from pothole_edge import checks
 from pothole_edge import spec as specs
 from pothole_edge.errors import UsageError
 from pothole_edge.train.config import ARCH_CHOICES
@@ -96,7 +95,6 @@ def create_model(arch: str, num_classes: int = 2, global_pool: str = "avg") -> t
     """The bare architecture with a `num_classes` head and random weights; `global_pool` (timm's names: avg,
     max, avgmax) pools the last feature map. It has no weights, so any pool loads any checkpoint of `arch`."""
     check_arch(arch)
-    checks.choice("global-pool", global_pool, specs.GLOBAL_POOLS)
     if arch == "resnet50":
         from torchvision.models import resnet50
 

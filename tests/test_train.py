@@ -161,6 +161,23 @@ def test_a_run_whose_val_loss_never_improves_still_finishes(shared_folder, tmp_p
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["epoch"] == 1
 
 
+def test_a_time_limit_starts_no_epoch_that_would_end_past_it(shared_folder, tmp_path, monkeypatch):
+    real_epoch = fit._epoch
+
+    def forty_second_epoch(state, *args, **kwargs):
+        improved = real_epoch(state, *args, **kwargs)
+        state.history[-1]["seconds"] = 40.0
+        return improved
+
+    monkeypatch.setattr(fit, "_epoch", forty_second_epoch)
+    out = tmp_path / "run"
+    train(_config(shared_folder, out, epochs=4, patience=4, time_limit=1.5))  # 90 s: two epochs of 40 s, not three
+    assert len(_history(out)) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_for_time"] and not summary["stopped_early"]
+    assert (out / "model.pt").is_file()
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -173,6 +190,7 @@ def test_a_run_whose_val_loss_never_improves_still_finishes(shared_folder, tmp_p
         ({"img_size": 0}, "--img-size"),
         ({"lr_patience": -1}, "--lr-patience"),
         ({"min_delta": -5.0}, "--min-delta"),
+        ({"time_limit": -1.0}, "--time-limit"),
         ({"grids": "3by2"}, "--grids"),
         ({"region": "0,0,2,1"}, "--region"),
         ({"max_fpr": 1.5}, "--max-fpr"),
@@ -342,7 +360,9 @@ def test_paste_draws_come_from_negative_frames_with_a_boxed_donor():
     from pothole_edge.train.data import Sample
     from pothole_edge.train.tiles import plan_epoch
 
-    many = [Sample(0, f"{i}.jpg", i % 2, f"h{i}", "train", "", ((1, 1, 9, 9),) if i % 4 == 1 else ()) for i in range(400)]
+    many = [
+        Sample(0, f"{i}.jpg", i % 2, f"h{i}", "train", "", ((1, 1, 9, 9),) if i % 4 == 1 else ()) for i in range(400)
+    ]
     assert plan_epoch(many, 2, 0, "boxes", False, {}, True, 0.0) == plan_epoch(many, 2, 0, "boxes", False, {})
     draws = plan_epoch(many, 2, 0, "boxes", False, {}, True, 0.5)
     pasted = [d for d in draws if d.mode == "paste"]

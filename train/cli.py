@@ -80,6 +80,12 @@ def _d(config: type, name: str) -> str:
 )
 @click.option("--group-column", help="frames.csv column whose frames share a split." + _d(T, "group_column"))
 @click.option("--epochs", type=int, help="Most epochs." + _d(T, "epochs"))
+@click.option(
+    "--time-limit",
+    type=float,
+    help="Minutes of training at most: no epoch starts that would end past it (the mean epoch so far says), "
+    "and the best epoch is kept; 0: no limit." + _d(T, "time_limit"),
+)
 @click.option("--batch-size", type=int, help="Tiles per step." + _d(T, "batch_size"))
 @click.option("--lr", type=float, help="Adam learning rate.  [default: 3e-4 with pretrained weights, 1e-3 without]")
 @click.option("--weight-decay", type=float, help="Adam's L2 penalty on the weights." + _d(T, "weight_decay"))

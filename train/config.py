@@ -49,6 +49,9 @@ class TrainConfig:
     labels: str = "boxes"  # tile labels from boxes.csv where a root has one, else MIL; "mil": MIL everywhere
     group_column: str = "segment"  # frames.csv column whose frames must share a split
     epochs: int = 30
+    # minutes of training epochs at most (Ultralytics' `time`): no epoch starts that the mean epoch so far says
+    # would end past it; 0: no limit. A budget for a slow machine; the epochs it allows depend on the machine
+    time_limit: float = 0.0
     batch_size: int = 32
     lr: float | None = None  # None: 3e-4 from pretrained weights, 1e-3 from scratch
     weight_decay: float = 1e-5
@@ -107,6 +110,7 @@ class TrainConfig:
         checks.number("ema_decay", self.ema_decay, 0, 1, high_open=True)
         checks.number("paste", self.paste, 0, 1)
         checks.number("min_delta", self.min_delta, 0)
+        checks.number("time_limit", self.time_limit, 0)
         checks.number("max_fpr", self.max_fpr, 0, 1, high_open=True)
         checks.number("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         checks.number("test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True)

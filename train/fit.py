@@ -20,7 +20,7 @@ from pothole_edge.fileio import write_json, write_text
 from pothole_edge.train import checkpoint, data, plots
 from pothole_edge.train.checkpoint import BEST, LAST
 from pothole_edge.train.config import TrainConfig, parse_grids, parse_region, to_dict
-from pothole_edge.train.distributed import Context, barrier
+from pothole_edge.train.distributed import Context, barrier, gather
 from pothole_edge.train.engine import EarlyStopping, Predictions, predict, train_one_epoch
 from pothole_edge.train.loader import FrameDataset, TileDataset, make_loader
 from pothole_edge.train.metrics import choose_threshold
@@ -139,7 +139,7 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
     criterion = torch.nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(ctx.device), label_smoothing=config.label_smoothing
     )
-    while state.epoch < config.epochs and not state.stopper.should_stop:
+    while state.epoch < config.epochs and not state.stopper.should_stop and not out_of_time(state.history, config):
         improved = _epoch(state, config, folder, samples, spec, criterion, val_loader, ctx)
         if ctx.is_main:
             _save(state, improved, meta | {"spec": spec}, out)
@@ -151,6 +151,14 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
             config.min_delta,
             config.patience,
             best_epoch,
+        )
+    elif out_of_time(state.history, config) and state.epoch < config.epochs and ctx.is_main:
+        log.info(
+            "time limit: %d epochs took %.1f of the %g minutes; another would pass it; keeping epoch %d",
+            len(state.history),
+            sum(h["seconds"] for h in state.history) / 60,
+            config.time_limit,
+            state.stopper.best_epoch + 1,
         )
     if not ctx.is_main:
         # the other ranks are done: they do not wait (past any NCCL timeout) while rank 0 evaluates
@@ -168,6 +176,14 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
         started,
         world_size=ctx.world_size,
     )
+
+
+def out_of_time(history: list[dict[str, Any]], config: TrainConfig) -> bool:
+    """Whether one more epoch, as long as the mean epoch so far, would end past --time-limit."""
+    if config.time_limit <= 0 or not history:
+        return False
+    spent = sum(h["seconds"] for h in history)
+    return spent + spent / len(history) > config.time_limit * 60
 
 
 def _epoch(
@@ -227,7 +243,8 @@ def _epoch(
             "val_acc": val.accuracy,
             "val_auc": _auc(val),
             "lr": lr,
-            "seconds": round(time.time() - t0, 2),
+            # the slowest rank's time, so that every rank agrees on --time-limit and none waits alone
+            "seconds": max(gather(ctx, round(time.time() - t0, 2))),
         }
     )
     state.epoch += 1
@@ -320,6 +337,9 @@ def finish(
             "best_epoch": best["epoch"],
             "best_val_loss": stopper.best,
             "stopped_early": stopper.should_stop,
+            "stopped_for_time": not stopper.should_stop
+            and len(history) < config.epochs
+            and out_of_time(history, config),
             "wall_seconds": round(time.time() - started, 1),
             "device": str(ctx.device),
             "world_size": world_size,

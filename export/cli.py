@@ -85,7 +85,8 @@ def export_main(argv: list[str] | None = None) -> None:
 @click.option(
     "--pothole-share",
     type=float,
-    help="Share of the frames you expect to show a pothole; they may score above the threshold too."
+    help="Share of the frames you expect to show a pothole; they may score above the threshold too. Where the "
+    "model misses most of them, the room goes to false alarms: the budget alone is the safer rule."
     + _d("pothole_share", K),
 )
 @click.option("--threads", type=int, help="Inference threads.  [default: every usable core]")

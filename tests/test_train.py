@@ -178,6 +178,23 @@ def test_a_time_limit_starts_no_epoch_that_would_end_past_it(shared_folder, tmp_
     assert (out / "model.pt").is_file()
 
 
+def test_a_resumed_run_counts_its_earlier_epochs_against_the_time_limit(shared_folder, tmp_path, monkeypatch):
+    real_epoch = fit._epoch
+
+    def forty_second_epoch(state, *args, **kwargs):
+        improved = real_epoch(state, *args, **kwargs)
+        state.history[-1]["seconds"] = 40.0
+        return improved
+
+    monkeypatch.setattr(fit, "_epoch", forty_second_epoch)
+    out = tmp_path / "run"
+    crash_in_epoch(monkeypatch, _config(shared_folder, out, epochs=4, patience=4, time_limit=1.5), 2)
+    assert len(_history(out)) == 1
+    train(None, resume=str(out))  # 40 s before the crash and 40 s after: a third epoch would pass 90 s
+    assert len(_history(out)) == 2
+    assert json.loads((out / "summary.json").read_text())["stopped_for_time"]
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

@@ -161,7 +161,8 @@ def test_a_run_whose_val_loss_never_improves_still_finishes(shared_folder, tmp_p
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["epoch"] == 1
 
 
-def test_a_time_limit_starts_no_epoch_that_would_end_past_it(shared_folder, tmp_path, monkeypatch):
+def _forty_second_epochs(monkeypatch) -> None:
+    """Every epoch is recorded as taking 40 s, whatever the machine."""
     real_epoch = fit._epoch
 
     def forty_second_epoch(state, *args, **kwargs):
@@ -170,6 +171,10 @@ def test_a_time_limit_starts_no_epoch_that_would_end_past_it(shared_folder, tmp_
         return improved
 
     monkeypatch.setattr(fit, "_epoch", forty_second_epoch)
+
+
+def test_a_time_limit_starts_no_epoch_that_would_end_past_it(shared_folder, tmp_path, monkeypatch):
+    _forty_second_epochs(monkeypatch)
     out = tmp_path / "run"
     train(_config(shared_folder, out, epochs=4, patience=4, time_limit=1.5))  # 90 s: two epochs of 40 s, not three
     assert len(_history(out)) == 2
@@ -179,14 +184,7 @@ def test_a_time_limit_starts_no_epoch_that_would_end_past_it(shared_folder, tmp_
 
 
 def test_a_resumed_run_counts_its_earlier_epochs_against_the_time_limit(shared_folder, tmp_path, monkeypatch):
-    real_epoch = fit._epoch
-
-    def forty_second_epoch(state, *args, **kwargs):
-        improved = real_epoch(state, *args, **kwargs)
-        state.history[-1]["seconds"] = 40.0
-        return improved
-
-    monkeypatch.setattr(fit, "_epoch", forty_second_epoch)
+    _forty_second_epochs(monkeypatch)
     out = tmp_path / "run"
     crash_in_epoch(monkeypatch, _config(shared_folder, out, epochs=4, patience=4, time_limit=1.5), 2)
     assert len(_history(out)) == 1

@@ -152,7 +152,7 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
             config.patience,
             best_epoch,
         )
-    elif out_of_time(state.history, config) and state.epoch < config.epochs and ctx.is_main:
+    elif stopped_for_time(state.history, state.stopper, config) and ctx.is_main:
         log.info(
             "time limit: %d epochs took %.1f of the %g minutes; another would pass it; keeping epoch %d",
             len(state.history),
@@ -184,6 +184,11 @@ def out_of_time(history: list[dict[str, Any]], config: TrainConfig) -> bool:
         return False
     spent = sum(h["seconds"] for h in history)
     return spent + spent / len(history) > config.time_limit * 60
+
+
+def stopped_for_time(history: list[dict[str, Any]], stopper: EarlyStopping, config: TrainConfig) -> bool:
+    """Whether the run ended for --time-limit alone: not stopped early and short of --epochs."""
+    return not stopper.should_stop and len(history) < config.epochs and out_of_time(history, config)
 
 
 def _epoch(
@@ -337,9 +342,7 @@ def finish(
             "best_epoch": best["epoch"],
             "best_val_loss": stopper.best,
             "stopped_early": stopper.should_stop,
-            "stopped_for_time": not stopper.should_stop
-            and len(history) < config.epochs
-            and out_of_time(history, config),
+            "stopped_for_time": stopped_for_time(history, stopper, config),
             "wall_seconds": round(time.time() - started, 1),
             "device": str(ctx.device),
             "world_size": world_size,

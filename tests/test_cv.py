@@ -70,6 +70,26 @@ def test_every_road_is_held_out_exactly_once_and_never_straddles_splits(tmp_path
     assert len(web_held) == 18 and set(web_held.values()) == {1}
 
 
+def test_split_seed_keeps_the_folds_while_the_training_seed_changes(tmp_path):
+    from pothole_edge.train.run import resolve, split
+
+    roads = _roads_root(tmp_path / "dash")
+
+    def held_out(**seeds):
+        config = resolve(
+            TrainConfig(data=(str(roads),), out=str(tmp_path / "run"), group_column="road", cv=3, cv_fold=1, **seeds)
+        )
+        folder = split(config, list(config.data))
+        return config, {(s.path, s.split) for s in folder.samples}
+
+    config, by_seven = held_out(seed=3, split_seed=7)
+    assert (config.seed, config.split_seed) == (3, 7)
+    assert held_out(seed=0, split_seed=7)[1] == by_seven == held_out(seed=7)[1]
+    config, plain = held_out(seed=3)
+    assert config.split_seed == 3  # config.json records the split's seed that was used
+    assert plain != by_seven  # the seed does move the folds where no --split-seed is given
+
+
 def test_folds_need_enough_groups_and_folders_to_split(tmp_path):
     roads = _roads_root(tmp_path / "dash")
     with pytest.raises(UsageError, match="--cv 7 needs at least 7 groups"):
@@ -102,6 +122,7 @@ def test_a_fold_that_cannot_train_is_refused_before_anything_is_written(tmp_path
         (["--cv", "2", "--cv-fold", "3"], "--cv-fold must be from 1 to --cv (2)"),
         (["--cv-fold", "1"], "--cv-fold must be from 1 to --cv (0)"),
         (["--augment", "heavy"], "'heavy' is not one of 'basic', 'road'"),
+        (["--split-seed", "-1"], "--split-seed must be an integer of 0 or more, got -1"),
     ],
 )
 def test_bad_cv_flags_are_one_line(tmp_path, args, message):

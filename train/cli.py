@@ -138,6 +138,12 @@ def _d(config: type, name: str) -> str:
     "--seed", type=int, help="Seed of the split, the folds, the tile draws and the weights' start." + _d(T, "seed")
 )
 @click.option(
+    "--split-seed",
+    type=int,
+    help="Seed of the split and the folds alone, so that runs with other --seed values hold out the same groups "
+    "(the spread between seeds).  [default: --seed]",
+)
+@click.option(
     "--cv",
     type=int,
     help="Cross-validate: deal whole groups (--group-column, e.g. road) into this many folds and train one run "

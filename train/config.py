@@ -69,12 +69,20 @@ class TrainConfig:
         100  # frames of each kind re-scored each epoch for their hottest tile (hard negatives, MIL positives)
     )
     seed: int = 0
+    # seed of the split and the folds; None: --seed. Another --seed with the same --split-seed retrains the same
+    # folds, which is how the spread between seeds is measured apart from the spread between folds
+    split_seed: int | None = None
     cv: int = 0  # cross-validation: this many folds of whole groups, each held out once; 0: one split
     cv_fold: int = 0  # the fold this run holds out (1..cv); 0 with cv: every fold, one run each
     workers: int | None = None  # None: 0 on 2 cores or fewer, else half the cores, at most 4
     device: str = "auto"
     amp: bool = True
     demo_per_class: int = 100
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the split and the folds, and of what the cross-validation draws from held-out frames."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def check(self) -> None:
         """Every value, before anything is written: a rerun must not find a half-claimed directory."""
@@ -95,6 +103,8 @@ class TrainConfig:
             checks.integer(name, getattr(self, name), 0)
         if self.freeze is not None:
             checks.integer("freeze", self.freeze, 0)
+        if self.split_seed is not None:
+            checks.integer("split_seed", self.split_seed, 0)
         if self.cv == 1 or self.cv > 100:
             raise UsageError(f"--cv must be 0 (one split) or 2 to 100 folds, got {self.cv}")
         if self.cv_fold > self.cv:

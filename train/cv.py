@@ -195,7 +195,7 @@ def _source_report(frames: list[dict[str, Any]], threshold: float, config: Train
         "sensitivity_at_budget": _rate_at_budget(labels, probs, config.max_fpr),
     }
     groups = {
-        g: _calibrated([r for r in frames if r["group"] == g], threshold, config.max_fpr, config.seed)
+        g: _calibrated([r for r in frames if r["group"] == g], threshold, config.max_fpr, config.data_seed)
         for g in report["groups"]
     }
     if groups:
@@ -259,6 +259,7 @@ def summarize(out: Path, config: TrainConfig, seconds: float) -> dict[str, Any]:
         "folds": config.cv,
         "group_column": config.group_column,
         "seed": config.seed,
+        "split_seed": config.data_seed,
         "max_fpr": config.max_fpr,
         "calibration_mix": CALIBRATION_MIX,
         "wall_seconds": round(seconds, 1),

@@ -53,7 +53,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
         config = replace(config, img_size=resolve_preprocess(config.arch)["crop"])
     if config.freeze is None:
         config = replace(config, freeze=default_freeze(config.arch, config.weights))
-    return replace(config, out=config.out or str(next_free(DEFAULT_OUT)), data=tuple(config.data))
+    return replace(
+        config, out=config.out or str(next_free(DEFAULT_OUT)), data=tuple(config.data), split_seed=config.data_seed
+    )
 
 
 def split(config: TrainConfig, roots: list[str]) -> data.LabelledFolder:
@@ -63,7 +65,7 @@ def split(config: TrainConfig, roots: list[str]) -> data.LabelledFolder:
         config.positive,
         config.val_fraction,
         config.test_fraction,
-        config.seed,
+        config.data_seed,
         max(1, config.workers or 1),
         config.group_column,
         config.cv,

@@ -135,13 +135,16 @@ def _d(config: type, name: str) -> str:
     "--test-fraction", type=float, help="Share of each root held out to test (not with --cv)." + _d(T, "test_fraction")
 )
 @click.option(
-    "--seed", type=int, help="Seed of the split, the folds, the tile draws and the weights' start." + _d(T, "seed")
+    "--seed",
+    type=int,
+    help="Seed of the tile draws and the weights' start, and of the split and the folds unless --split-seed is "
+    "given." + _d(T, "seed"),
 )
 @click.option(
     "--split-seed",
     type=int,
-    help="Seed of the split and the folds alone, so that runs with other --seed values hold out the same groups "
-    "(the spread between seeds).  [default: --seed]",
+    help="Seed of the split, the folds (and the demo's images) alone, so that runs with other --seed values hold "
+    "out the same groups (the spread between seeds).  [default: --seed]",
 )
 @click.option(
     "--cv",

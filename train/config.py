@@ -81,7 +81,7 @@ class TrainConfig:
 
     @property
     def data_seed(self) -> int:
-        """The seed of the split and the folds, and of what the cross-validation draws from held-out frames."""
+        """The seed of the data: the split, the folds, the demo's images and the replay's draw from held-out frames."""
         return self.seed if self.split_seed is None else self.split_seed
 
     def check(self) -> None:

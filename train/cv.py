@@ -75,7 +75,7 @@ def _start(config: TrainConfig) -> tuple[TrainConfig, Path]:
 
         root = out / "demo-data"
         log.info("generating the demo dataset in %s: synthetic road images, not real photos", root)
-        make_dataset(str(root), config.demo_per_class, config.seed)
+        make_dataset(str(root), config.demo_per_class, config.data_seed)
         config = replace(config, data=(str(root),))
     write_json(out / "config.json", to_dict(config))
     return config, out

@@ -94,7 +94,7 @@ def _init_run(config: TrainConfig, out: Path) -> None:
 
             roots = [str(out / "demo-data")]
             log.info("generating the demo dataset in %s: synthetic road images, not real photos", roots[0])
-            make_dataset(roots[0], config.demo_per_class, config.seed)
+            make_dataset(roots[0], config.demo_per_class, config.data_seed)
         folder = split(config, roots)
         if config.weights == "imagenet":
             check_imagenet(config.arch)  # offline, fail now: nothing written yet, so a retry is free

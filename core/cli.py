@@ -70,8 +70,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def given(**options: Any) -> dict[str, Any]:
-    """The options the user gave: click passes None for the rest, so the config's defaults apply."""
-    return {k: v for k, v in options.items() if v is not None}
+    """The options the user gave: click passes None (or () for a repeatable option) for the rest, so the config's
+    defaults apply."""
+    return {k: v for k, v in options.items() if v is not None and v != ()}
 
 
 def default(config: type, name: str) -> Any:

@@ -109,6 +109,17 @@ def _d(config: type, name: str) -> str:
     "--model-ema (0.98: about the last 50 steps, an epoch of the shared data); 0 keeps the live weights."
     + _d(T, "ema_decay"),
 )
+@click.option(
+    "--teacher",
+    multiple=True,
+    metavar="RUN",
+    help="Distil from this trained run (give it more than once for several, averaged): each tile's target mixes "
+    "its label with the teachers' probability. It must hold out this run's test frames; under --cv, a "
+    "cross-validation's folder teaches each fold with its own fold.",
+)
+@click.option(
+    "--distill", type=float, help="The teachers' share of each tile's target, with --teacher." + _d(T, "distill")
+)
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help=_d(T, "class_weight").strip())
 @click.option(
     "--threshold-rule",
@@ -166,11 +177,12 @@ def train_command(resume: str | None, data: tuple[str, ...], **options: Any) -> 
     """Train and evaluate a pothole classifier on folders of labelled road photos and dashcam frames."""
 
     def go() -> None:
-        from pothole_edge.train.cv import cross_validate, is_cross_validation
+        from pothole_edge.train.cv import cross_validate
+        from pothole_edge.train.layout import is_cross_validation
         from pothole_edge.train.run import train
 
         if resume:
-            ignored = sorted(k for k, v in options.items() if v is not None) + (["data"] if data else [])
+            ignored = sorted(given(**options)) + (["data"] if data else [])
             if ignored:
                 logging.warning(
                     "--resume uses the run's saved config; ignoring --%s",

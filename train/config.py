@@ -61,6 +61,9 @@ class TrainConfig:
     class_weight: str = "none"
     label_smoothing: float = 0.0  # some crack-only frames show damage that looks like a pothole
     ema_decay: float = 0.0  # an average of the weights (train.ema) validated and kept; 0: the live weights
+    # knowledge distillation (train.distill): trained runs whose mean tile probability is part of each target
+    teacher: tuple[str, ...] = ()
+    distill: float = 0.5  # the teachers' share of each tile's target, with --teacher
     threshold_rule: str = "max-fpr"
     max_fpr: float = 0.02  # on the validation negatives, for --threshold-rule max-fpr
     val_fraction: float = 0.15
@@ -118,6 +121,7 @@ class TrainConfig:
         checks.number("weight_decay", self.weight_decay, 0, 1, high_open=True)
         checks.number("label_smoothing", self.label_smoothing, 0, 0.5, high_open=True)
         checks.number("ema_decay", self.ema_decay, 0, 1, high_open=True)
+        checks.number("distill", self.distill, 0, 1)
         checks.number("paste", self.paste, 0, 1)
         checks.number("min_delta", self.min_delta, 0)
         checks.number("time_limit", self.time_limit, 0)
@@ -186,8 +190,10 @@ def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
             f"unknown config key(s) {', '.join(unknown)} for {cls.__name__}; valid keys: {', '.join(names)}"
         )
     values = dict(values)
-    if cls is TrainConfig and isinstance(values.get("data"), (list, str)):
-        values["data"] = tuple(values["data"]) if isinstance(values["data"], list) else (values["data"],)
+    if cls is TrainConfig:
+        for key in ("data", "teacher"):
+            if isinstance(values.get(key), (list, str)):
+                values[key] = tuple(values[key]) if isinstance(values[key], list) else (values[key],)
     try:
         return cls(**values)
     except TypeError as e:

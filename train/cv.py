@@ -28,25 +28,14 @@ from pothole_edge.errors import UsageError
 from pothole_edge.fileio import ensure_writable_dir, write_json
 from pothole_edge.train import data, plots
 from pothole_edge.train.config import TrainConfig, load_json, to_dict
+from pothole_edge.train.distill import check_teachers, fold_teachers
+from pothole_edge.train.layout import fold_dir
 from pothole_edge.train.metrics import binary_metrics, roc_curve
 from pothole_edge.train.models import check_imagenet
 from pothole_edge.train.run import DEMO, check_new, resolve, split, train
 
 log = logging.getLogger("pt-train")
 CALIBRATION_MIX = 0.03  # the pothole share of the unlabelled calibration frames in the replay
-
-
-def fold_dir(out: Path, k: int) -> Path:
-    return out / f"fold-{k}"
-
-
-def is_cross_validation(run: str | Path) -> bool:
-    """Whether `run` is the top folder of a cross-validation (its config has --cv and no --cv-fold)."""
-    try:
-        config = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and bool(config.get("cv")) and not config.get("cv_fold")
 
 
 def _finished(run: Path) -> bool:
@@ -64,7 +53,8 @@ def _start(config: TrainConfig) -> tuple[TrainConfig, Path]:
         log.setLevel(logging.ERROR)  # each fold says what its data holds when it starts; once is enough
         try:
             for k in range(1, config.cv + 1):
-                split(replace(config, cv_fold=k), list(config.data))
+                folder = split(replace(config, cv_fold=k), list(config.data))
+                check_teachers(fold_teachers(config.teacher, k), folder)
         finally:
             log.setLevel(level)
     if config.weights == "imagenet":

@@ -63,8 +63,11 @@ def train_one_epoch(
     amp: bool,
     desc: str,
     after_step: Callable[[], None] | None = None,
+    targets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float, int]:
-    """The epoch's mean tile loss and accuracy over every rank's batches, and the tiles it skipped."""
+    """The epoch's mean tile loss and accuracy over every rank's batches, and the tiles it skipped.
+
+    `targets` turns a batch's tiles and labels into class-probability targets (train.distill); None: the labels."""
     model.train()
     # sums stay on the device: reading a loss back every step would stall a GPU's queue
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -78,8 +81,9 @@ def train_one_epoch(
         tiles, labels, _ = batch
         tiles, labels = tiles.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
         with _autocast(ctx.device, amp):
+            goal = labels if targets is None else targets(tiles, labels)
             logits = model(tiles)
-            loss = criterion(logits, labels)
+            loss = criterion(logits, goal)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

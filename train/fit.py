@@ -139,8 +139,17 @@ def fit(config: TrainConfig, out: Path, folder: data.LabelledFolder, ctx: Contex
     criterion = torch.nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(ctx.device), label_smoothing=config.label_smoothing
     )
+    targets = None
+    if config.teacher:
+        from pothole_edge.train.distill import soft_targets
+
+        targets = soft_targets(
+            config.teacher, config.distill, spec["preprocess"]["crop"], folder.class_names, ctx.device
+        )
+        if ctx.is_main:
+            log.info("distilling: %g of each tile's target from %s", config.distill, ", ".join(config.teacher))
     while state.epoch < config.epochs and not state.stopper.should_stop and not out_of_time(state.history, config):
-        improved = _epoch(state, config, folder, samples, spec, criterion, val_loader, ctx)
+        improved = _epoch(state, config, folder, samples, spec, criterion, val_loader, ctx, targets)
         if ctx.is_main:
             _save(state, improved, meta | {"spec": spec}, out)
         barrier(ctx)
@@ -200,6 +209,7 @@ def _epoch(
     criterion: torch.nn.Module,
     val_loader: Any,
     ctx: Context,
+    targets: Any = None,
 ) -> bool:
     """One epoch: this epoch's tiles, a pass over them, re-scoring the hard tiles, validation, the schedule.
     Returns whether the validation loss is the best so far; the epoch's row is in the history."""
@@ -228,7 +238,7 @@ def _epoch(
     )
     desc = f"epoch {epoch + 1}/{config.epochs}"
     train_loss, train_acc, skipped = train_one_epoch(
-        state.model, loader, criterion, state.optimizer, ctx, state.scaler, state.amp, desc, state.after_step
+        state.model, loader, criterion, state.optimizer, ctx, state.scaler, state.amp, desc, state.after_step, targets
     )
     if skipped and ctx.is_main:
         log.warning("epoch %d skipped %d tile(s) of unreadable files", epoch + 1, skipped)

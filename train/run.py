@@ -15,6 +15,7 @@ from pothole_edge.fileio import ensure_writable_dir, first_missing, next_free, w
 from pothole_edge.train import data
 from pothole_edge.train.checkpoint import LAST
 from pothole_edge.train.config import TrainConfig, load_json, to_dict
+from pothole_edge.train.distill import check_teachers, fold_teachers
 from pothole_edge.train.models import WEIGHT_CHOICES, check_arch, check_imagenet, default_freeze, resolve_preprocess
 
 log = logging.getLogger("pt-train")
@@ -53,6 +54,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         config = replace(config, img_size=resolve_preprocess(config.arch)["crop"])
     if config.freeze is None:
         config = replace(config, freeze=default_freeze(config.arch, config.weights))
+    if config.cv_fold:  # a cross-validation teaches each fold with its own fold
+        config = replace(config, teacher=fold_teachers(config.teacher, config.cv_fold))
     return replace(
         config, out=config.out or str(next_free(DEFAULT_OUT)), data=tuple(config.data), split_seed=config.data_seed
     )
@@ -96,6 +99,7 @@ def _init_run(config: TrainConfig, out: Path) -> None:
             log.info("generating the demo dataset in %s: synthetic road images, not real photos", roots[0])
             make_dataset(roots[0], config.demo_per_class, config.data_seed)
         folder = split(config, roots)
+        check_teachers(config.teacher, folder)
         if config.weights == "imagenet":
             check_imagenet(config.arch)  # offline, fail now: nothing written yet, so a retry is free
         if folder.skipped:

@@ -1,0 +1,81 @@
+"""Knowledge distillation (pt-train --teacher): the targets it trains on, and the teachers it refuses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pothole_edge.errors import UsageError
+from pothole_edge.train.checkpoint import load, model_from_checkpoint
+from pothole_edge.train.config import TrainConfig
+from pothole_edge.train.cv import cross_validate
+from pothole_edge.train.distill import soft_targets
+from pothole_edge.train.run import train
+from tests.conftest import TINY
+from tests.test_cli import assert_usage_error, run
+from tests.test_cv import _roads_root
+
+
+def _tiles(n: int, side: int) -> torch.Tensor:
+    return torch.randint(0, 256, (n, side, side, 3), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+
+
+def test_targets_mix_the_label_with_the_teachers_mean_logit(trained_run):
+    net = model_from_checkpoint(load(trained_run))
+    crop = load(trained_run)["spec"]["preprocess"]["crop"]
+    tiles, labels = _tiles(6, crop), torch.tensor([0, 1, 0, 1, 1, 0])
+    with torch.no_grad():
+        taught = net(tiles).softmax(1)
+    names = ("normal", "pothole")
+    one = str(trained_run)
+    assert torch.equal(soft_targets((one,), 0.0, crop, names, "cpu")(tiles, labels), torch.eye(2)[labels])
+    assert torch.allclose(soft_targets((one,), 1.0, crop, names, "cpu")(tiles, labels), taught, atol=1e-6)
+    mixed = soft_targets((one, one), 0.25, crop, names, "cpu")(tiles, labels)  # the same teacher twice: its own mean
+    assert torch.allclose(mixed, 0.75 * torch.eye(2)[labels] + 0.25 * taught, atol=1e-6)
+    assert torch.allclose(mixed.sum(1), torch.ones(6))
+    # a student of another input size: the teacher sees the same tiles resized to its own
+    bigger = soft_targets((one,), 1.0, 2 * crop, names, "cpu")(_tiles(6, 2 * crop), labels)
+    assert bigger.shape == (6, 2) and torch.allclose(bigger.sum(1), torch.ones(6))
+    with pytest.raises(UsageError, match="has classes"):
+        soft_targets((one,), 0.5, crop, ("road", "hole"), "cpu")
+
+
+def test_a_teacher_that_trained_on_the_test_frames_is_refused_before_anything_is_written(
+    shared_folder, trained_run, tmp_path
+):
+    out = tmp_path / "student"
+    student = TrainConfig(data=(str(shared_folder),), out=str(out), teacher=(str(trained_run),), split_seed=7, **TINY)
+    with pytest.raises(UsageError, match=r"trained or validated on [1-9]\d* of this run's test frames"):
+        train(student)
+    assert not out.exists()
+    args = ["--data", str(shared_folder), "--out", str(out), "--teacher", str(trained_run), "--split-seed", "7"]
+    assert_usage_error(run("pt-train", *args), "use a teacher that held out the same groups")
+    demo = ["--data", "demo", "--out", str(out)]
+    assert_usage_error(run("pt-train", *demo, "--teacher", str(tmp_path)), "is not a finished run")
+    assert_usage_error(run("pt-train", *demo, "--distill", "1.5"), "--distill must be")
+    assert not out.exists()
+
+
+def test_a_cross_validation_teaches_each_fold_with_its_own_fold(shared_folder, tmp_path, caplog):
+    roads = _roads_root(tmp_path / "dash")
+    common = dict(data=(str(shared_folder), str(roads)), group_column="road", cv=2, **(TINY | {"epochs": 1}))
+    teacher = tmp_path / "teacher"
+    cross_validate(TrainConfig(out=str(teacher), **common))
+    out = tmp_path / "student"
+    caplog.set_level("INFO", logger="pt-train")
+    result = cross_validate(
+        TrainConfig(out=str(out), teacher=(str(teacher),), distill=0.7, seed=1, split_seed=0, **common)
+    )
+    assert json.loads((out / "config.json").read_text())["teacher"] == [str(teacher)]
+    for k in (1, 2):
+        fold = json.loads((out / f"fold-{k}" / "config.json").read_text())
+        assert fold["teacher"] == [str(teacher / f"fold-{k}")] and fold["distill"] == 0.7
+        assert (out / f"fold-{k}" / "model.pt").is_file()
+    assert caplog.text.count("distilling: 0.7 of each tile's target") == 2
+    assert len(result["per_fold"]) == 2
+    # another split seed deals other folds: each fold's teacher would have seen its test roads
+    with pytest.raises(UsageError, match="held out the same groups"):
+        cross_validate(TrainConfig(out=str(tmp_path / "other"), teacher=(str(teacher),), split_seed=3, **common))
+    assert not (tmp_path / "other").exists()

@@ -58,7 +58,11 @@ def test_a_max_pooled_network_is_rebuilt_exported_and_proved_with_its_own_poolin
     from tests.conftest import TINY
 
     run = tmp_path / "run"
-    train(TrainConfig(data=(str(shared_folder),), out=str(run), **(TINY | {"epochs": 1, "global_pool": "max", "img_size": 64})))
+    train(
+        TrainConfig(
+            data=(str(shared_folder),), out=str(run), **(TINY | {"epochs": 1, "global_pool": "max", "img_size": 64})
+        )
+    )
     ckpt = checkpoint.load(run / "model.pt")
     assert ckpt["spec"]["global_pool"] == "max"
     rebuilt = checkpoint.model_from_checkpoint(ckpt)

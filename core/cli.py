@@ -112,6 +112,12 @@ COMMANDS = {
         "train",
         ("torch", "torchvision", "timm", "click", "sklearn", "PIL", "cv2"),
     ),
+    "pt-ensemble": (
+        "pothole_edge.train.cli",
+        "ensemble_main",
+        "train",
+        ("torch", "torchvision", "timm", "click", "sklearn", "PIL", "cv2"),
+    ),
     "pt-export": (
         "pothole_edge.export.cli",
         "export_main",
@@ -151,6 +157,7 @@ def launch(name: str) -> None:
 # the console scripts: each checks its extra, then hands over to its stage's CLI
 pt_train = functools.partial(launch, "pt-train")
 pt_eval = functools.partial(launch, "pt-eval")
+pt_ensemble = functools.partial(launch, "pt-ensemble")
 pt_export = functools.partial(launch, "pt-export")
 pt_calibrate = functools.partial(launch, "pt-calibrate")
 pt_bench = functools.partial(launch, "pt-bench")

@@ -136,9 +136,10 @@ def load(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist; pass a run directory or its model.pt")
     obj = _upgrade(read(path))
-    if "state_dict" not in obj or "spec" not in obj:
+    weights = "state_dict" in obj or "members" in obj  # members: an ensemble of pt-ensemble
+    if not weights or "spec" not in obj:
         raise UsageError(
-            f"checkpoint {path} lacks {'state_dict' if 'state_dict' not in obj else 'spec'}; is it a training state? "
+            f"checkpoint {path} lacks {'state_dict' if not weights else 'spec'}; is it a training state? "
             "Use the run's model.pt"
         )
     obj["spec"] = specs.validate(obj["spec"], str(path))
@@ -146,16 +147,20 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
-    """The network as deployed (uint8 tiles in, logits out), in eval mode."""
+    """The network as deployed (uint8 tiles in, logits out), in eval mode; an ensemble's members as one network."""
     from pothole_edge.train.models import check_arch, create_model, normalized
+    from pothole_edge.train.network import MeanLogits
 
     spec = ckpt["spec"]
     check_arch(spec["arch"])
-    model = create_model(spec["arch"], num_classes=len(spec["class_names"]), global_pool=spec["global_pool"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise UsageError(
-            f"the checkpoint's weights do not fit {spec['arch']} ({str(e).splitlines()[0][:100]}); it is damaged"
-        ) from None
-    return normalized(model, spec["preprocess"]).eval()
+    nets = []
+    for state in ckpt["members"] if "members" in ckpt else [ckpt["state_dict"]]:
+        model = create_model(spec["arch"], num_classes=len(spec["class_names"]), global_pool=spec["global_pool"])
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise UsageError(
+                f"the checkpoint's weights do not fit {spec['arch']} ({str(e).splitlines()[0][:100]}); it is damaged"
+            ) from None
+        nets.append(normalized(model, spec["preprocess"]))
+    return (nets[0] if len(nets) == 1 else MeanLogits(nets)).eval()

@@ -220,9 +220,30 @@ def eval_command(model: str, **options: Any) -> None:
     run(go)
 
 
+@click.command("pt-ensemble", context_settings=SETTINGS)
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", required=True, help="Directory for the ensemble: a run directory, or a cross-validation's.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N, for scoring the splits.")
+def ensemble_command(runs: tuple[str, ...], out: str, device: str) -> None:
+    """One model from two or more finished RUNS of the same split (other --seed, same --split-seed): the mean of
+    their logits, its threshold chosen again on their validation split, its test report beside it. Given
+    cross-validations of the same folds, each fold's runs are joined and cv.json compares the ensemble."""
+
+    def go() -> None:
+        from pothole_edge.train.ensemble import ensemble
+
+        ensemble(list(runs), out, device)
+
+    run(go)
+
+
 def train_main(argv: list[str] | None = None) -> None:
     main_click(train_command, argv)
 
 
 def eval_main(argv: list[str] | None = None) -> None:
     main_click(eval_command, argv)
+
+
+def ensemble_main(argv: list[str] | None = None) -> None:
+    main_click(ensemble_command, argv)

@@ -295,6 +295,40 @@ def _subsets(folder: data.LabelledFolder, samples: list[data.Sample]) -> dict[st
     return {names[i]: roots == i for i in range(len(folder.roots)) if (roots == i).any()}
 
 
+def judge(
+    config: TrainConfig,
+    out: Path,
+    folder: data.LabelledFolder,
+    net: torch.nn.Module,
+    spec: dict[str, Any],
+    ctx: Context,
+    extra: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The threshold chosen on validation, then the test split's report (metrics.json, predictions.csv, plots) in
+    `out`: the spec with its threshold, and the test metrics."""
+    val = predict(
+        net, frame_loader(folder, folder.split("val"), spec, config, ctx), ctx, False, spec["view"], desc="validating"
+    )
+    threshold, method = choose_threshold(val.labels, val.probs, config.threshold_rule, config.max_fpr)
+    spec = specs.validate(spec | {"threshold": threshold, "threshold_method": method}, "the trained model")
+    tests = folder.split("test")
+    test = predict(net, frame_loader(folder, tests, spec, config, ctx), ctx, False, spec["view"], desc="testing")
+    kept = [tests[int(i)] for i in test.indices]
+    metrics = write_report(
+        out,
+        [str(folder.path(s)) for s in kept],
+        test.labels,
+        test.probs,
+        threshold,
+        folder.class_names,
+        test.hottest,
+        [s.boxes for s in kept],
+        _subsets(folder, kept),
+        {"split": "test", "threshold_method": method} | extra | {"view": spec["view"]},
+    )
+    return spec, metrics
+
+
 def finish(
     config: TrainConfig,
     out: Path,
@@ -319,27 +353,8 @@ def finish(
         log.warning("validation loss never improved (is it NaN?); keeping the last epoch's weights")
         best = {"epoch": len(history)}
     net = normalized(bare, spec["preprocess"]).to(ctx.device).eval()
-    val = predict(
-        net, frame_loader(folder, folder.split("val"), spec, config, ctx), ctx, False, spec["view"], desc="validating"
-    )
-    threshold, method = choose_threshold(val.labels, val.probs, config.threshold_rule, config.max_fpr)
-    spec = specs.validate(spec | {"threshold": threshold, "threshold_method": method}, "the trained model")
-    tests = folder.split("test")
-    test = predict(net, frame_loader(folder, tests, spec, config, ctx), ctx, False, spec["view"], desc="testing")
-    kept = [tests[int(i)] for i in test.indices]
-    extra = {"split": "test", "threshold_method": method, "best_epoch": best["epoch"], "view": spec["view"]}
-    metrics = write_report(
-        out,
-        [str(folder.path(s)) for s in kept],
-        test.labels,
-        test.probs,
-        threshold,
-        folder.class_names,
-        test.hottest,
-        [s.boxes for s in kept],
-        _subsets(folder, kept),
-        extra,
-    )
+    spec, metrics = judge(config, out, folder, net, spec, ctx, {"best_epoch": best["epoch"]})
+    threshold, method = spec["threshold"], spec["threshold_method"]
     checkpoint.save(
         meta | {"spec": spec, "state_dict": bare.state_dict(), "epoch": best["epoch"], "metrics": metrics},
         out / "model.pt",

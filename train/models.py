@@ -172,6 +172,8 @@ def read_state(path: str) -> dict[str, torch.Tensor]:
             f"cannot load weights from {path} ({type(e).__name__}): not a state dict or pt-train checkpoint of plain "
             "tensors"
         ) from None
+    if isinstance(obj, dict) and "members" in obj:
+        raise UsageError(f"{path} is an ensemble of pt-ensemble; start from one of its members' model.pt")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

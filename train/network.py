@@ -29,6 +29,17 @@ class Normalized(torch.nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+class MeanLogits(torch.nn.Module):
+    """Several networks of one view and preprocessing as one model (pt-ensemble): the mean of their logits."""
+
+    def __init__(self, nets: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(image) for net in self.nets]).mean(0)
+
+
 class Deployable(torch.nn.Module):
     """Probabilities instead of logits: what model.onnx computes."""
 

@@ -1,4 +1,4 @@
-"""Knowledge distillation (pt-train --teacher): the targets it trains on, and the teachers it refuses."""
+"""Runs of other seeds put to use: distillation (pt-train --teacher) and ensembles (pt-ensemble)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import json
 import pytest
 import torch
 
+from pothole_edge import metadata
 from pothole_edge.errors import UsageError
 from pothole_edge.train.checkpoint import load, model_from_checkpoint
 from pothole_edge.train.config import TrainConfig
 from pothole_edge.train.cv import cross_validate
 from pothole_edge.train.distill import soft_targets
+from pothole_edge.train.ensemble import ensemble
+from pothole_edge.train.models import read_state
 from pothole_edge.train.run import train
 from tests.conftest import TINY
 from tests.test_cli import assert_usage_error, run
@@ -75,7 +78,53 @@ def test_a_cross_validation_teaches_each_fold_with_its_own_fold(shared_folder, t
         assert (out / f"fold-{k}" / "model.pt").is_file()
     assert caplog.text.count("distilling: 0.7 of each tile's target") == 2
     assert len(result["per_fold"]) == 2
+    # the two cross-validations share their folds: an ensemble joins them fold by fold
+    joined = ensemble([str(teacher), str(out)], str(tmp_path / "ensemble"))
+    assert [f["fold"] for f in joined["per_fold"]] == [1, 2] and joined["members"] == [str(teacher), str(out)]
+    for k in (1, 2):
+        members = torch.load(tmp_path / "ensemble" / f"fold-{k}" / "model.pt", weights_only=True)["members"]
+        assert len(members) == 2
     # another split seed deals other folds: each fold's teacher would have seen its test roads
     with pytest.raises(UsageError, match="held out the same groups"):
         cross_validate(TrainConfig(out=str(tmp_path / "other"), teacher=(str(teacher),), split_seed=3, **common))
     assert not (tmp_path / "other").exists()
+
+
+def test_an_ensemble_is_one_model_to_every_consumer(shared_folder, trained_run, tmp_path):
+    from pothole_edge.export.config import ExportConfig
+    from pothole_edge.export.run import export
+
+    other = tmp_path / "seed1"
+    train(TrainConfig(data=(str(shared_folder),), out=str(other), seed=1, split_seed=0, **(TINY | {"epochs": 1})))
+    out = tmp_path / "ensemble"
+    result = run("pt-ensemble", str(trained_run), str(other), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    ckpt = torch.load(out / "model.pt", weights_only=True)  # plain types, like any model.pt
+    assert len(ckpt["members"]) == 2 and ckpt["member_runs"] == [str(trained_run), str(other)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["members"] == [str(trained_run), str(other)] and (out / "predictions.csv").is_file()
+    assert ckpt["spec"]["threshold"] == metrics["threshold"]  # chosen again, for the ensemble
+    tiles = _tiles(5, ckpt["spec"]["preprocess"]["crop"])
+    with torch.no_grad():
+        joined = model_from_checkpoint(load(out))(tiles)
+        each = [model_from_checkpoint(load(r))(tiles) for r in (trained_run, other)]
+    assert torch.allclose(joined, (each[0] + each[1]) / 2, atol=1e-5)
+    # one ONNX graph holds both members, and ONNX Runtime reproduces the ensemble's test metrics
+    proof = export(ExportConfig(str(out), out=str(tmp_path / "onnx"), speed_runs=3))
+    assert proof["passed"] and metadata.read(tmp_path / "onnx" / "model.onnx")["threshold"] == metrics["threshold"]
+    with pytest.raises(UsageError, match="is an ensemble"):  # it cannot seed training: which member would?
+        read_state(str(out / "model.pt"))
+
+
+def test_ensemble_members_must_share_split_and_view(shared_folder, trained_run, tmp_path):
+    resplit = tmp_path / "resplit"
+    train(TrainConfig(data=(str(shared_folder),), out=str(resplit), split_seed=7, **(TINY | {"epochs": 1})))
+    coarse = tmp_path / "coarse"
+    train(TrainConfig(data=(str(shared_folder),), out=str(coarse), **(TINY | {"epochs": 1, "grids": "1x1"})))
+    out = tmp_path / "ensemble"
+    assert_usage_error(run("pt-ensemble", str(trained_run), str(resplit), "--out", str(out)), "was split differently")
+    assert_usage_error(run("pt-ensemble", str(trained_run), str(coarse), "--out", str(out)), "differs", "view")
+    assert_usage_error(run("pt-ensemble", str(trained_run), "--out", str(out)), "needs two or more runs")
+    assert_usage_error(run("pt-ensemble", str(trained_run), str(tmp_path), "--out", str(out)), "does not exist")
+    assert_usage_error(run("pt-ensemble", str(trained_run), f"{trained_run}/", "--out", str(out)), "more than once")
+    assert not out.exists()

@@ -10,7 +10,7 @@ import torch
 from pothole_edge import metadata
 from pothole_edge.errors import UsageError
 from pothole_edge.train.checkpoint import load, model_from_checkpoint
-from pothole_edge.train.config import TrainConfig
+from pothole_edge.train.config import EnsembleConfig, TrainConfig
 from pothole_edge.train.cv import cross_validate
 from pothole_edge.train.distill import soft_targets
 from pothole_edge.train.ensemble import ensemble
@@ -79,7 +79,7 @@ def test_a_cross_validation_teaches_each_fold_with_its_own_fold(shared_folder, t
     assert caplog.text.count("distilling: 0.7 of each tile's target") == 2
     assert len(result["per_fold"]) == 2
     # the two cross-validations share their folds: an ensemble joins them fold by fold
-    joined = ensemble([str(teacher), str(out)], str(tmp_path / "ensemble"))
+    joined = ensemble(EnsembleConfig(runs=(str(teacher), str(out)), out=str(tmp_path / "ensemble")))
     assert [f["fold"] for f in joined["per_fold"]] == [1, 2] and joined["members"] == [str(teacher), str(out)]
     for k in (1, 2):
         members = torch.load(tmp_path / "ensemble" / f"fold-{k}" / "model.pt", weights_only=True)["members"]
@@ -103,6 +103,7 @@ def test_an_ensemble_is_one_model_to_every_consumer(shared_folder, trained_run, 
     assert len(ckpt["members"]) == 2 and ckpt["member_runs"] == [str(trained_run), str(other)]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["members"] == [str(trained_run), str(other)] and (out / "predictions.csv").is_file()
+    assert json.loads((out / "ensemble_config.json").read_text())["runs"] == [str(trained_run), str(other)]
     assert ckpt["spec"]["threshold"] == metrics["threshold"]  # chosen again, for the ensemble
     tiles = _tiles(5, ckpt["spec"]["preprocess"]["crop"])
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""pt-train and pt-eval: thin click layers over train.run.train and train.evaluate.evaluate."""
+"""pt-train, pt-eval and pt-ensemble: thin click layers over train.run.train, train.evaluate.evaluate and
+train.ensemble.ensemble."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pothole_edge.train.config import (
     CLASS_WEIGHTS,
     LABELS,
     THRESHOLD_RULES,
+    EnsembleConfig,
     EvalConfig,
     TrainConfig,
 )
@@ -223,7 +225,7 @@ def eval_command(model: str, **options: Any) -> None:
 @click.command("pt-ensemble", context_settings=SETTINGS)
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", required=True, help="Directory for the ensemble: a run directory, or a cross-validation's.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N, for scoring the splits.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N, for scoring the splits.")
 def ensemble_command(runs: tuple[str, ...], out: str, device: str) -> None:
     """One model from two or more finished RUNS of the same split (other --seed, same --split-seed): the mean of
     their logits, its threshold chosen again on their validation split, its test report beside it. Given
@@ -232,7 +234,7 @@ def ensemble_command(runs: tuple[str, ...], out: str, device: str) -> None:
     def go() -> None:
         from pothole_edge.train.ensemble import ensemble
 
-        ensemble(list(runs), out, device)
+        ensemble(EnsembleConfig(runs=runs, out=out, device=device))
 
     run(go)
 

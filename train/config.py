@@ -158,6 +158,19 @@ class EvalConfig:
             parse_region(self.region)
 
 
+@dataclass(frozen=True)
+class EnsembleConfig:
+    runs: tuple[str, ...]  # finished runs of one split, or cross-validations of the same folds
+    out: str
+    device: str = "cpu"
+
+    def check(self) -> None:
+        if len(self.runs) < 2:
+            raise UsageError("pt-ensemble needs two or more runs (run directories or cross-validations)")
+        if not self.out:
+            raise UsageError("missing --out DIR for the ensemble")
+
+
 def parse_grids(text: str) -> list[list[int]]:
     """ "1x1+3x2" -> [[1, 1], [3, 2]]"""
     try:

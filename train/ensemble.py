@@ -18,7 +18,7 @@ from typing import Any
 
 from pothole_edge.errors import UsageError
 from pothole_edge.fileio import ensure_writable_dir, write_json
-from pothole_edge.train.config import TrainConfig, load_json
+from pothole_edge.train.config import EnsembleConfig, TrainConfig, load_json, to_dict
 from pothole_edge.train.layout import fold_dir, is_cross_validation
 
 log = logging.getLogger("pt-train")
@@ -50,19 +50,17 @@ def _members(runs: list[str]) -> list[dict[str, Any]]:
 def ensemble_run(runs: list[str], out: Path, device: str = "cpu") -> dict[str, Any]:
     """Members' finished runs in, one run directory out: model.pt with every member, the threshold chosen on the
     shared validation split, and the test report. Returns the test metrics."""
-    import torch
-
     from pothole_edge.train import checkpoint
-    from pothole_edge.train.distributed import Context
+    from pothole_edge.train.distributed import Context, pick_device
     from pothole_edge.train.fit import judge
-    from pothole_edge.train.run import _read_run_data
+    from pothole_edge.train.run import read_run_data
 
     started = time.time()
     ckpts = _members(runs)
     first = Path(runs[0]) if Path(runs[0]).is_dir() else Path(runs[0]).parent
     config = load_json(TrainConfig, first / "config.json")
-    folder = _read_run_data(first)
-    ctx = Context(0, 1, torch.device(device))
+    folder = read_run_data(first)
+    ctx = Context(0, 1, pick_device(device))
     net = checkpoint.model_from_checkpoint({"spec": ckpts[0]["spec"], "members": [c["state_dict"] for c in ckpts]})
     net = net.to(ctx.device)
     ensure_writable_dir(out, "ensemble directory")
@@ -91,10 +89,11 @@ def ensemble_run(runs: list[str], out: Path, device: str = "cpu") -> dict[str, A
     return metrics
 
 
-def ensemble(runs: list[str], out: str, device: str = "cpu") -> dict[str, Any]:
-    """pt-ensemble: finished runs, or cross-validations of the same folds (then fold by fold, with cv.json)."""
-    if len(runs) < 2:
-        raise UsageError("pt-ensemble needs two or more runs (run directories or cross-validations)")
+def ensemble(config: EnsembleConfig) -> dict[str, Any]:
+    """pt-ensemble: finished runs, or cross-validations of the same folds (then fold by fold, with cv.json).
+    The config is written beside the outputs as ensemble_config.json."""
+    config.check()
+    runs, out, device = list(config.runs), config.out, config.device
     dirs = [Path(r).resolve().parent if r.endswith(".pt") else Path(r).resolve() for r in runs]
     if len(set(dirs)) < len(dirs):
         raise UsageError("a run is given more than once; an ensemble's members are different runs")
@@ -105,7 +104,9 @@ def ensemble(runs: list[str], out: str, device: str = "cpu") -> dict[str, Any]:
     if any(cvs) and not all(cvs):
         raise UsageError("give runs alone, or cross-validations alone: a fold's members must be its folds")
     if not all(cvs):
-        return ensemble_run(runs, target, device)
+        metrics = ensemble_run(runs, target, device)
+        write_json(target / "ensemble_config.json", to_dict(config))
+        return metrics
     from pothole_edge.train import plots
     from pothole_edge.train.cv import summarize, table
 
@@ -122,6 +123,7 @@ def ensemble(runs: list[str], out: str, device: str = "cpu") -> dict[str, Any]:
         ensemble_run([str(fold_dir(Path(r), k)) for r in runs], fold_dir(target, k), device)
     result = summarize(target, configs[0], time.time() - started) | {"members": [str(r) for r in runs]}
     write_json(target / "cv.json", result)
+    write_json(target / "ensemble_config.json", to_dict(config))
     plots.cv_folds(result, target / "cv.png")
     log.info("%s", table(result))
     return result

@@ -117,7 +117,8 @@ def _init_run(config: TrainConfig, out: Path) -> None:
         raise
 
 
-def _read_run_data(out: Path) -> data.LabelledFolder:
+def read_run_data(out: Path) -> data.LabelledFolder:
+    """A run's frames and splits, as its data.json and split.csv recorded them."""
     try:
         summary = json.loads((out / "data.json").read_text(encoding="utf-8"))
         names = tuple(summary["class_names"])
@@ -165,7 +166,7 @@ def train(config: TrainConfig | None, resume: str | None = None, within: Path | 
     try:
         if not resume:
             distributed.on_main(ctx, lambda: _init_run(config, out))
-        folder = _read_run_data(out)
+        folder = read_run_data(out)
         from pothole_edge.train.fit import fit
 
         result = fit(config, out, folder, ctx, started)

@@ -128,4 +128,6 @@ def test_ensemble_members_must_share_split_and_view(shared_folder, trained_run, 
     assert_usage_error(run("pt-ensemble", str(trained_run), "--out", str(out)), "needs two or more runs")
     assert_usage_error(run("pt-ensemble", str(trained_run), str(tmp_path), "--out", str(out)), "does not exist")
     assert_usage_error(run("pt-ensemble", str(trained_run), f"{trained_run}/", "--out", str(out)), "more than once")
+    both = [str(trained_run), str(resplit)]
+    assert_usage_error(run("pt-ensemble", *both, "--out", str(out), "--device", "tpu"), "unknown --device 'tpu'")
     assert not out.exists()

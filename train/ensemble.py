@@ -100,6 +100,9 @@ def ensemble(config: EnsembleConfig) -> dict[str, Any]:
     target = Path(out)
     if (target / "model.pt").exists() or (target / "config.json").exists():
         raise UsageError(f"{target} already holds a run; pass another --out")
+    from pothole_edge.train.distributed import pick_device
+
+    pick_device(device)  # a wrong --device is refused before anything is written
     cvs = [is_cross_validation(r) for r in runs]
     if any(cvs) and not all(cvs):
         raise UsageError("give runs alone, or cross-validations alone: a fold's members must be its folds")
@@ -116,11 +119,11 @@ def ensemble(config: EnsembleConfig) -> dict[str, Any]:
         raise UsageError("the cross-validations have different numbers of folds; ensemble those of the same --cv")
     for k in range(1, configs[0].cv + 1):  # every fold checked before the first is written
         _members([str(fold_dir(Path(r), k)) for r in runs])
-    ensure_writable_dir(target, "ensemble directory")
-    shutil.copyfile(Path(runs[0]) / "config.json", target / "config.json")
     for k in range(1, configs[0].cv + 1):
         log.info("fold %d of %d", k, configs[0].cv)
         ensemble_run([str(fold_dir(Path(r), k)) for r in runs], fold_dir(target, k), device)
+    # last: a config.json marks a finished cross-validation, so an interrupted one can simply be run again
+    shutil.copyfile(Path(runs[0]) / "config.json", target / "config.json")
     result = summarize(target, configs[0], time.time() - started) | {"members": [str(r) for r in runs]}
     write_json(target / "cv.json", result)
     write_json(target / "ensemble_config.json", to_dict(config))

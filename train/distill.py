@@ -16,18 +16,12 @@ from typing import Any
 
 from pothole_edge.errors import UsageError
 from pothole_edge.train import data
-from pothole_edge.train.layout import fold_dir, is_cross_validation
+from pothole_edge.train.layout import fold_dir, is_cross_validation, run_dir
 
 
 def fold_teachers(teachers: tuple[str, ...], k: int) -> tuple[str, ...]:
     """Fold k's teachers: a cross-validation given as a teacher teaches each fold with its own fold's run."""
     return tuple(str(fold_dir(Path(t), k)) if is_cross_validation(t) else t for t in teachers)
-
-
-def run_dir(teacher: str) -> Path:
-    """A teacher is a run directory or its model.pt; the run directory holds the manifest that is checked."""
-    path = Path(teacher)
-    return path.parent if path.suffix == ".pt" else path
 
 
 def check_teachers(teachers: tuple[str, ...], folder: data.LabelledFolder) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from pothole_edge.errors import UsageError
 from pothole_edge.fileio import ensure_writable_dir, write_json
 from pothole_edge.train.config import EnsembleConfig, TrainConfig, load_json, to_dict
-from pothole_edge.train.layout import fold_dir, is_cross_validation
+from pothole_edge.train.layout import fold_dir, is_cross_validation, run_dir
 
 log = logging.getLogger("pt-train")
 SHARED = ("class_names", "positive_index", "preprocess", "view", "arch", "global_pool")
@@ -47,20 +47,20 @@ def _members(runs: list[str]) -> list[dict[str, Any]]:
     return ckpts
 
 
-def ensemble_run(runs: list[str], out: Path, device: str = "cpu") -> dict[str, Any]:
-    """Members' finished runs in, one run directory out: model.pt with every member, the threshold chosen on the
-    shared validation split, and the test report. Returns the test metrics."""
+def ensemble_run(runs: list[str], ckpts: list[dict[str, Any]], out: Path, device: Any) -> dict[str, Any]:
+    """Members' finished runs (and their checked checkpoints, from `_members`) in, one run directory out: model.pt
+    with every member, the threshold chosen on the shared validation split, and the test report. Returns the test
+    metrics."""
     from pothole_edge.train import checkpoint
-    from pothole_edge.train.distributed import Context, pick_device
+    from pothole_edge.train.distributed import Context
     from pothole_edge.train.fit import judge
     from pothole_edge.train.run import read_run_data
 
     started = time.time()
-    ckpts = _members(runs)
-    first = Path(runs[0]) if Path(runs[0]).is_dir() else Path(runs[0]).parent
+    first = run_dir(runs[0])
     config = load_json(TrainConfig, first / "config.json")
     folder = read_run_data(first)
-    ctx = Context(0, 1, pick_device(device))
+    ctx = Context(0, 1, device)
     net = checkpoint.model_from_checkpoint({"spec": ckpts[0]["spec"], "members": [c["state_dict"] for c in ckpts]})
     net = net.to(ctx.device)
     ensure_writable_dir(out, "ensemble directory")
@@ -93,8 +93,8 @@ def ensemble(config: EnsembleConfig) -> dict[str, Any]:
     """pt-ensemble: finished runs, or cross-validations of the same folds (then fold by fold, with cv.json).
     The config is written beside the outputs as ensemble_config.json."""
     config.check()
-    runs, out, device = list(config.runs), config.out, config.device
-    dirs = [Path(r).resolve().parent if r.endswith(".pt") else Path(r).resolve() for r in runs]
+    runs, out = list(config.runs), config.out
+    dirs = [run_dir(r).resolve() for r in runs]
     if len(set(dirs)) < len(dirs):
         raise UsageError("a run is given more than once; an ensemble's members are different runs")
     target = Path(out)
@@ -102,12 +102,12 @@ def ensemble(config: EnsembleConfig) -> dict[str, Any]:
         raise UsageError(f"{target} already holds a run; pass another --out")
     from pothole_edge.train.distributed import pick_device
 
-    pick_device(device)  # a wrong --device is refused before anything is written
+    device = pick_device(config.device)  # a wrong --device is refused before anything is written
     cvs = [is_cross_validation(r) for r in runs]
     if any(cvs) and not all(cvs):
         raise UsageError("give runs alone, or cross-validations alone: a fold's members must be its folds")
     if not all(cvs):
-        metrics = ensemble_run(runs, target, device)
+        metrics = ensemble_run(runs, _members(runs), target, device)
         write_json(target / "ensemble_config.json", to_dict(config))
         return metrics
     from pothole_edge.train import plots
@@ -117,11 +117,11 @@ def ensemble(config: EnsembleConfig) -> dict[str, Any]:
     configs = [load_json(TrainConfig, Path(r) / "config.json") for r in runs]
     if len({c.cv for c in configs}) != 1:
         raise UsageError("the cross-validations have different numbers of folds; ensemble those of the same --cv")
-    for k in range(1, configs[0].cv + 1):  # every fold checked before the first is written
-        _members([str(fold_dir(Path(r), k)) for r in runs])
-    for k in range(1, configs[0].cv + 1):
+    folds = [[str(fold_dir(Path(r), k)) for r in runs] for k in range(1, configs[0].cv + 1)]
+    checked = [_members(members) for members in folds]  # every fold checked before the first is written
+    for k, (members, ckpts) in enumerate(zip(folds, checked), 1):
         log.info("fold %d of %d", k, configs[0].cv)
-        ensemble_run([str(fold_dir(Path(r), k)) for r in runs], fold_dir(target, k), device)
+        ensemble_run(members, ckpts, fold_dir(target, k), device)
     # last: a config.json marks a finished cross-validation, so an interrupted one can simply be run again
     shutil.copyfile(Path(runs[0]) / "config.json", target / "config.json")
     result = summarize(target, configs[0], time.time() - started) | {"members": [str(r) for r in runs]}

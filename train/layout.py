@@ -6,6 +6,12 @@ import json
 from pathlib import Path
 
 
+def run_dir(run: str | Path) -> Path:
+    """The run directory of a run given as its directory or its model.pt."""
+    path = Path(run)
+    return path.parent if path.suffix == ".pt" else path
+
+
 def fold_dir(out: Path, k: int) -> Path:
     return out / f"fold-{k}"
 

@@ -161,6 +161,8 @@ class Writer:
         self.stats = ClipStats()
         self._q: queue.Queue = queue.Queue(maxsize=64)
         self._thread = threading.Thread(target=self._run, name="event-writer", daemon=True)
+        self._pending: dict[int, int] = {}  # event -> its snapshots queued and not yet written (or given up)
+        self._written = threading.Condition()
         if clips:
             (out / "clips").mkdir(exist_ok=True)
 
@@ -182,7 +184,15 @@ class Writer:
             self._put(("close", event, t))
 
     def snapshot(self, event: int, image_bgr: np.ndarray, box: Any, prob: float) -> None:
+        with self._written:
+            self._pending[event] = self._pending.get(event, 0) + 1
         self._put(("snapshot", event, image_bgr, box, prob))
+
+    def settle(self, event: int, timeout: float = 10.0) -> bool:
+        """Wait until the snapshots queued for `event` are on disk or given up: a message that carries the JPEG
+        reads it when it is sent, and under load the writer thread may still be behind. False on the timeout."""
+        with self._written:
+            return self._written.wait_for(lambda: event not in self._pending, timeout)
 
     def _put(self, item: tuple, droppable: bool = False) -> None:
         try:
@@ -201,6 +211,9 @@ class Writer:
             except Exception as e:  # the thread must go on taking items: a file source waits on this queue
                 self.stats.errors.append(str(e))
                 self.recorder.stop_optional("the disk is full" if is_disk_full(e) else f"the event writer failed ({e})")
+            finally:
+                if item[0] == "snapshot":
+                    self._done_with(item[1])
         for clip in list(self.active):
             self._finish(clip)
 
@@ -263,6 +276,13 @@ class Writer:
                 self.stats.snapshots.add(event)
         else:
             self.stats.skipped_for_space += 1
+
+    def _done_with(self, event: int) -> None:
+        with self._written:
+            left = self._pending.pop(event, 1) - 1
+            if left:
+                self._pending[event] = left
+            self._written.notify_all()
 
     def close(self) -> None:
         self._q.put(None)

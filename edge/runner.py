@@ -223,6 +223,8 @@ class EdgeRun:
         self.writer.closed(event.id, event.end_time or 0.0)
         if self.delivery is not None:
             shot = self.recorder.out / "snapshots" / f"event_{event.id:05d}.jpg" if self.config.snapshots else None
+            if shot is not None and self.config.attach_snapshot and not self.writer.settle(event.id):
+                log.warning("event %d: its snapshot is not written yet; the event goes without it", event.id)
             message = startup.message(
                 event, self.vehicle, self.run_name, self.clock, self.meta, shot, self.config.attach_snapshot
             )

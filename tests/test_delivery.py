@@ -4,6 +4,7 @@ least once; after dropping duplicates by event_id the received set equals events
 
 from __future__ import annotations
 
+import base64
 import getpass
 import json
 import shutil
@@ -128,6 +129,42 @@ def test_a_webhook_that_fails_before_it_accepts_gets_every_event_signed(model, c
         and delivery["retried"] >= 4
         and delivery["dropped"] == 0
     )
+
+
+def test_an_attached_snapshot_goes_with_its_event_even_when_the_writer_is_behind(model, clip, tmp_path, monkeypatch):
+    from pothole_edge.edge import eventclips as clips
+    from pothole_edge.edge.config import EdgeConfig
+    from pothole_edge.edge.runner import run
+
+    real = clips.Writer._snapshot
+
+    def behind(self, *args):  # a busy writer thread: each snapshot lands well after its event could close
+        time.sleep(0.3)
+        real(self, *args)
+
+    monkeypatch.setattr(clips.Writer, "_snapshot", behind)
+    Hook.plan = {"fail": 0, "slow": 0, "requests": 0, "bodies": [], "lock": threading.Lock()}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run(
+            EdgeConfig(
+                model=str(model),
+                video=str(clip),
+                out=str(tmp_path / "run"),
+                webhook=f"http://127.0.0.1:{server.server_port}/events",
+                outbox=str(tmp_path / "outbox.sqlite"),
+                attach_snapshot=True,
+                drain_timeout=30,
+            )
+        )
+    finally:
+        server.shutdown()
+    messages = [json.loads(body) for body, _, _ in Hook.plan["bodies"]]
+    assert result["events"] == 6 and len(messages) == 6
+    for m in messages:
+        jpeg = base64.b64decode(m["snapshot"]["jpeg_base64"] or "")
+        assert jpeg[:3] == b"\xff\xd8\xff", m["event_id"]
 
 
 class Broker:

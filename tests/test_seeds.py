@@ -131,3 +131,22 @@ def test_ensemble_members_must_share_split_and_view(shared_folder, trained_run, 
     both = [str(trained_run), str(resplit)]
     assert_usage_error(run("pt-ensemble", *both, "--out", str(out), "--device", "tpu"), "unknown --device 'tpu'")
     assert not out.exists()
+
+
+def test_an_interrupted_ensemble_runs_again_into_the_same_folder(shared_folder, trained_run, tmp_path, monkeypatch):
+    from pothole_edge.train import fit
+
+    other = tmp_path / "seed1"
+    train(TrainConfig(data=(str(shared_folder),), out=str(other), seed=1, split_seed=0, **(TINY | {"epochs": 1})))
+    config = EnsembleConfig(runs=(str(trained_run), str(other)), out=str(tmp_path / "ensemble"))
+    real = fit.judge
+
+    def interrupted(config, out, *args):
+        (out / "metrics.json").write_text("{}")  # the report was under way
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit, "judge", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ensemble(config)
+    monkeypatch.setattr(fit, "judge", real)
+    assert ensemble(config)["roc_auc"] >= 0 and (tmp_path / "ensemble" / "model.pt").is_file()

@@ -64,9 +64,11 @@ def ensemble_run(runs: list[str], ckpts: list[dict[str, Any]], out: Path, device
     net = checkpoint.model_from_checkpoint({"spec": ckpts[0]["spec"], "members": [c["state_dict"] for c in ckpts]})
     net = net.to(ctx.device)
     ensure_writable_dir(out, "ensemble directory")
-    for name in ("config.json", "data.json", "split.csv"):  # the members' shared data, so cv summaries read it
-        shutil.copyfile(first / name, out / name)
     spec, metrics = judge(config, out, folder, net, ckpts[0]["spec"], ctx, {"members": [str(r) for r in runs]})
+    # the members' shared data, so cv summaries read it; copied after the slow scoring, as a config.json marks
+    # a directory that holds a run: an interrupted ensemble can simply be run again
+    for name in ("config.json", "data.json", "split.csv"):
+        shutil.copyfile(first / name, out / name)
     keep = ("config", "manifest_sha256", "package_version", "torch_version")
     checkpoint.save(
         {k: ckpts[0][k] for k in keep if k in ckpts[0]}

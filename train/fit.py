@@ -354,7 +354,6 @@ def finish(
         best = {"epoch": len(history)}
     net = normalized(bare, spec["preprocess"]).to(ctx.device).eval()
     spec, metrics = judge(config, out, folder, net, spec, ctx, {"best_epoch": best["epoch"]})
-    threshold, method = spec["threshold"], spec["threshold_method"]
     checkpoint.save(
         meta | {"spec": spec, "state_dict": bare.state_dict(), "epoch": best["epoch"], "metrics": metrics},
         out / "model.pt",
@@ -372,8 +371,8 @@ def finish(
             "device": str(ctx.device),
             "world_size": world_size,
             "host": platform.node(),
-            "threshold": threshold,
-            "threshold_method": method,
+            "threshold": spec["threshold"],
+            "threshold_method": spec["threshold_method"],
             "test": {k: metrics[k] for k in ("accuracy", "roc_auc", "average_precision")},
         },
     )

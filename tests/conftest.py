@@ -94,6 +94,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def end_process(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace` seconds: a loaded machine can take long to clean up
+    (gpsfake stops its own gpsd), and a teardown must not fail a test that passed."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     import time
 

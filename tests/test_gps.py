@@ -14,7 +14,7 @@ from pothole_edge.edge.config import EdgeConfig
 from pothole_edge.edge.runner import run
 from pothole_edge.errors import UsageError
 from tests import drive
-from tests.conftest import free_port
+from tests.conftest import end_process, free_port
 from tests.test_cli import assert_usage_error
 from tests.test_edge import brightness_model, edge_run, lines, needs
 
@@ -185,8 +185,7 @@ def test_gpsd_gives_the_same_positions_as_the_gpx(model, tmp_path):
         stop.set()
         live.join()
     finally:
-        fake.terminate()
-        fake.wait(10)
+        end_process(fake)
     reference = gps.Track(gps.read_gpx(drive.write_gpx(tmp_path / "d.gpx", 30)))
     assert len(track.fixes) >= 10
     for fix in track.fixes:

@@ -10,8 +10,9 @@ import torch
 
 from pothole_edge.errors import UsageError
 from pothole_edge.train import fit, metrics
-from pothole_edge.train.config import TrainConfig
-from pothole_edge.train.ema import WeightAverage
+from pothole_edge.train.checkpoint import LAST
+from pothole_edge.train.config import TrainConfig, load_json, to_dict
+from pothole_edge.train.ema import WeightAverage, decay_per_step
 from pothole_edge.train.run import train
 from tests.conftest import TINY, crash_in_epoch
 
@@ -98,13 +99,13 @@ def test_unknown_config_key_is_an_error(shared_folder, tmp_path):
         train(None, resume=str(out))
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_resume_after_a_crash_matches_an_uninterrupted_run(shared_folder, tmp_path, monkeypatch, ema_decay):
+@pytest.mark.parametrize("average", [{"ema_epochs": 0.0}, {"ema_decay": 0.9}, {}], ids=["live", "fixed", "default"])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(shared_folder, tmp_path, monkeypatch, average):
     reference = tmp_path / "straight"
-    train(_config(shared_folder, reference, epochs=3, patience=10, ema_decay=ema_decay))
+    train(_config(shared_folder, reference, epochs=3, patience=10, **average))
 
     crashed = tmp_path / "crashed"
-    crash_in_epoch(monkeypatch, _config(shared_folder, crashed, epochs=3, patience=10, ema_decay=ema_decay), 2)
+    crash_in_epoch(monkeypatch, _config(shared_folder, crashed, epochs=3, patience=10, **average), 2)
     assert [r["epoch"] for r in _history(crashed)] == ["1"] and not (crashed / "model.pt").exists()
     train(None, resume=str(crashed))
     straight, resumed = _history(reference), _history(crashed)
@@ -131,6 +132,32 @@ def test_the_weight_average_follows_the_live_weights_at_its_decay():
     assert torch.allclose(now["1.running_mean"], 0.9 * before["1.running_mean"] + 0.1 * current["1.running_mean"])
     assert now["1.num_batches_tracked"] == current["1.num_batches_tracked"] == 1
     assert not any(p.requires_grad for p in average.bare.parameters())
+
+
+def test_the_weight_average_spans_the_epochs_asked_whatever_the_epoch_size():
+    assert decay_per_step(1.0, 50) == pytest.approx(0.98)  # the 0.98 measured on the shared data's folds
+    assert decay_per_step(1.0, 7) == pytest.approx(6 / 7)  # the demo's epoch: 0.98 there would span seven
+    assert decay_per_step(2.0, 7) == pytest.approx(13 / 14)
+    assert decay_per_step(0.5, 1) == 0.0  # shorter than a step: the live weights
+
+
+def test_a_run_records_the_decay_its_epochs_used(shared_folder, tmp_path):
+    default, fixed, live = (tmp_path / name for name in ("default", "fixed", "live"))
+    train(_config(shared_folder, default, epochs=1))
+    train(_config(shared_folder, fixed, epochs=1, ema_decay=0.9))
+    train(_config(shared_folder, live, epochs=1, ema_epochs=0.0))
+    steps = 1 / (1 - float(_history(default)[0]["ema_decay"]))  # one epoch of this run's batches
+    assert steps > 1 and steps == pytest.approx(round(steps))
+    assert float(_history(fixed)[0]["ema_decay"]) == 0.9
+    assert float(_history(live)[0]["ema_decay"]) == 0.0
+    assert "ema" not in torch.load(live / LAST, weights_only=True)
+
+
+def test_a_run_saved_before_the_weight_average_was_the_default_resumes_without_one(tmp_path):
+    old = {k: v for k, v in to_dict(TrainConfig(data=("x",))).items() if k != "ema_epochs"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert load_json(TrainConfig, tmp_path / "config.json").ema_epochs == 0.0
+    assert TrainConfig(data=("x",)).ema_epochs == 1.0
 
 
 def test_early_stopping_restores_the_best_epoch():
@@ -210,6 +237,7 @@ def test_a_resumed_run_counts_its_earlier_epochs_against_the_time_limit(shared_f
         ({"region": "0,0,2,1"}, "--region"),
         ({"max_fpr": 1.5}, "--max-fpr"),
         ({"ema_decay": 1.0}, "--ema-decay"),
+        ({"ema_epochs": -1.0}, "--ema-epochs"),
         ({"paste": 1.5}, "--paste"),
         ({"global_pool": "median"}, "--global-pool"),
     ],

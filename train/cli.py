@@ -105,11 +105,16 @@ def _d(config: type, name: str) -> str:
     + _d(T, "label_smoothing"),
 )
 @click.option(
+    "--ema-epochs",
+    type=float,
+    help="Validate and keep an exponential moving average of the weights over about this many epochs, like timm's "
+    "--model-ema; its decay per step follows from the epoch's steps. 0 keeps the live weights." + _d(T, "ema_epochs"),
+)
+@click.option(
     "--ema-decay",
     type=float,
-    help="Validate and keep an exponential moving average of the weights with this decay per step, like timm's "
-    "--model-ema (0.98: about the last 50 steps, an epoch of the shared data); 0 keeps the live weights."
-    + _d(T, "ema_decay"),
+    help="A fixed decay per step for the weight average instead (0.98: about the last 50 steps); 0: from "
+    "--ema-epochs." + _d(T, "ema_decay"),
 )
 @click.option(
     "--teacher",

@@ -60,7 +60,11 @@ class TrainConfig:
     lr_patience: int = 2
     class_weight: str = "none"
     label_smoothing: float = 0.0  # some crack-only frames show damage that looks like a pothole
-    ema_decay: float = 0.0  # an average of the weights (train.ema) validated and kept; 0: the live weights
+    # the weight average (train.ema) that is validated and kept spans this many epochs: its decay per step is
+    # 1 - 1 / (ema_epochs x the epoch's steps), the same span on a 7-step demo epoch as on a 50-step one; 0: the live
+    # weights
+    ema_epochs: float = 1.0
+    ema_decay: float = 0.0  # a fixed decay per step instead (timm's --model-ema-decay); 0: from ema_epochs
     # knowledge distillation (train.distill): trained runs whose mean tile probability is part of each target
     teacher: tuple[str, ...] = ()
     distill: float = 0.5  # the teachers' share of each tile's target, with --teacher
@@ -121,6 +125,7 @@ class TrainConfig:
         checks.number("weight_decay", self.weight_decay, 0, 1, high_open=True)
         checks.number("label_smoothing", self.label_smoothing, 0, 0.5, high_open=True)
         checks.number("ema_decay", self.ema_decay, 0, 1, high_open=True)
+        checks.number("ema_epochs", self.ema_epochs, 0, 100)
         checks.number("distill", self.distill, 0, 1)
         checks.number("paste", self.paste, 0, 1)
         checks.number("min_delta", self.min_delta, 0)
@@ -204,6 +209,8 @@ def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
         )
     values = dict(values)
     if cls is TrainConfig:
+        # a run saved before the weight average became the default trained without one
+        values.setdefault("ema_epochs", 0.0)
         for key in ("data", "teacher"):
             if isinstance(values.get(key), (list, str)):
                 values[key] = tuple(values[key]) if isinstance(values[key], list) else (values[key],)

@@ -13,6 +13,13 @@ from typing import Any
 import torch
 
 
+def decay_per_step(epochs: float, steps: int) -> float:
+    """The decay that averages over about `epochs` epochs of `steps` steps (an EMA spans 1 / (1 - decay) steps):
+    a span in epochs means the same whatever the data's size, where a fixed decay of 0.98 would average one epoch of
+    the shared data (39 to 55 steps) but seven of the demo's (7 steps)."""
+    return max(0.0, 1.0 - 1.0 / (epochs * max(steps, 1)))
+
+
 class WeightAverage:
     """No warm-up (timm's and TensorFlow's `(1 + n) / (10 + n)` would average over a tenth of the steps so far,
     too little to matter in a run this short): the first epoch's average still leans on the starting weights, and

@@ -21,6 +21,7 @@ from pothole_edge.train import checkpoint, data, plots
 from pothole_edge.train.checkpoint import BEST, LAST
 from pothole_edge.train.config import TrainConfig, parse_grids, parse_region, to_dict
 from pothole_edge.train.distributed import Context, barrier, gather
+from pothole_edge.train.ema import decay_per_step
 from pothole_edge.train.engine import EarlyStopping, Predictions, predict, train_one_epoch
 from pothole_edge.train.loader import FrameDataset, TileDataset, make_loader
 from pothole_edge.train.metrics import choose_threshold
@@ -32,12 +33,17 @@ from pothole_edge.train.tiles import Footprint, footprint_of, plan_epoch
 log = logging.getLogger("pt-train")
 
 EVAL_TILES = 64
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "ema_decay", "seconds")
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _history_csv(rows: list[dict[str, Any]]) -> str:
     lines = [",".join(HISTORY_COLUMNS)]
-    lines += [",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in HISTORY_COLUMNS) for r in rows]
+    # .get: epochs saved before the weight average's decay was recorded
+    lines += [",".join(_cell(r.get(c, "")) for c in HISTORY_COLUMNS) for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +243,8 @@ def _epoch(
         drop_last=per_rank % config.batch_size == 1,
     )
     desc = f"epoch {epoch + 1}/{config.epochs}"
+    if state.ema is not None:
+        state.ema.decay = config.ema_decay or decay_per_step(config.ema_epochs, len(loader))
     train_loss, train_acc, skipped = train_one_epoch(
         state.model, loader, criterion, state.optimizer, ctx, state.scaler, state.amp, desc, state.after_step, targets
     )
@@ -258,6 +266,7 @@ def _epoch(
             "val_acc": val.accuracy,
             "val_auc": _auc(val),
             "lr": lr,
+            "ema_decay": state.ema.decay if state.ema is not None else 0.0,
             # the slowest rank's time, so that every rank agrees on --time-limit and none waits alone
             "seconds": max(gather(ctx, round(time.time() - t0, 2))),
         }
@@ -275,7 +284,7 @@ def _save(state: TrainState, improved: bool, meta: dict[str, Any], out: Path) ->
     checkpoint.save(state.state_dict(), out / LAST, keep_previous=True)
     write_text(out / "history.csv", _history_csv(state.history))
     log.info(
-        "epoch %d/%d  train loss %.4f acc %.3f  val loss %.4f acc %.3f auc %.3f  lr %.1e  %.0fs%s",
+        "epoch %d/%d  train loss %.4f acc %.3f  val loss %.4f acc %.3f auc %.3f  lr %.1e%s  %.0fs%s",
         h["epoch"],
         meta["config"]["epochs"],
         h["train_loss"],
@@ -284,6 +293,7 @@ def _save(state: TrainState, improved: bool, meta: dict[str, Any], out: Path) ->
         h["val_acc"],
         h["val_auc"],
         h["lr"],
+        f"  weight average decay {h['ema_decay']:.4f}" if h["ema_decay"] else "",
         h["seconds"],
         "  * best" if improved else "",
     )

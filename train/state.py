@@ -33,7 +33,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     hottest: dict[int, Footprint] = field(default_factory=dict)
     epoch: int = 0  # the next epoch to run, from 0
-    ema: WeightAverage | None = None  # --ema-decay: validation and the saved weights use the average
+    ema: WeightAverage | None = None  # --ema-epochs or --ema-decay: validation and the saved weights use the average
     ema_net: torch.nn.Module | None = None  # ema.bare with its normalisation, on the device
 
     @property
@@ -80,7 +80,7 @@ class TrainState:
             self.scaler.load_state_dict(last["scaler"])
         if self.ema is not None:
             if "ema" not in last:
-                raise UsageError("this run's last checkpoint has no weight average: resume it without --ema-decay")
+                raise UsageError("this run's last checkpoint has no weight average, yet its config.json asks for one")
             self.ema.load_state_dict(last["ema"])
         self.hottest = {int(i): tuple(fp) for i, fp in zip(last["hottest"]["index"], last["hottest"]["footprint"])}
         self.history, self.epoch = list(last["history"]), last["epoch"] + 1
@@ -116,8 +116,8 @@ def new_state(config: TrainConfig, preprocess: dict[str, Any], ctx: Context, res
     stopper = EarlyStopping(config.patience, config.min_delta)
     scaler = torch.amp.GradScaler("cuda") if amp else None
     state = TrainState(bare, net, model, optimizer, scheduler, scaler, stopper)
-    if config.ema_decay:
-        state.ema = WeightAverage(bare, config.ema_decay)
+    if config.ema_decay or config.ema_epochs:
+        state.ema = WeightAverage(bare, config.ema_decay)  # a decay of 0 is set per epoch from its steps
         state.ema_net = normalized(state.ema.bare, preprocess).to(ctx.device)
         if ctx.device.type == "cuda":
             state.ema_net = state.ema_net.to(memory_format=torch.channels_last)

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -99,6 +100,32 @@ def test_folds_need_enough_groups_and_folders_to_split(tmp_path):
         make_folder(presplit / split, per_class=2)
     with pytest.raises(UsageError, match="already split"):
         _fold([presplit], 1)
+
+
+def test_group_balance_trains_each_training_road_equally_often(tmp_path, monkeypatch):
+    from collections import Counter
+
+    from pothole_edge.train import fit
+    from pothole_edge.train.run import train
+
+    roads = _roads_root(tmp_path / "dash")
+    seen = []
+
+    def spy(samples, *args):
+        draws = plan(samples, *args)
+        seen.append(Counter(samples[d.index].group for d in draws if d.mode != "frame"))
+        return draws
+
+    plan = fit.plan_epoch
+    monkeypatch.setattr(fit, "plan_epoch", spy)
+    out = tmp_path / "run"
+    config = TrainConfig(
+        data=(str(roads),), out=str(out), group_column="road", cv=3, cv_fold=1, group_balance=True, **TINY
+    )
+    train(replace(config, epochs=1))
+    assert json.loads((out / "config.json").read_text())["group_balance"] is True
+    (drawn,) = seen
+    assert len(drawn) >= 2 and max(drawn.values()) - min(drawn.values()) <= 1, drawn  # equal shares, rounded
 
 
 def test_a_fold_that_cannot_train_is_refused_before_anything_is_written(tmp_path):

@@ -415,6 +415,31 @@ def test_paste_draws_come_from_negative_frames_with_a_boxed_donor():
     assert sum(d.mode == "random" for d in draws) == 200  # added to every negative frame's own tile, none replaced
 
 
+def test_group_balance_draws_each_road_equally_and_web_photos_once():
+    from collections import Counter
+
+    from pothole_edge.train.data import Sample
+    from pothole_edge.train.tiles import balanced_frames, plan_epoch
+
+    roads = {"long": 300, "mid": 60, "short": 24}  # 384 grouped frames: 128 draws a road
+    samples = [Sample(0, f"{g}{i}.jpg", i % 2, f"{g}{i}", "train", g, ()) for g, n in roads.items() for i in range(n)]
+    samples += [Sample(1, f"web{i}.jpg", i % 2, f"w{i}", "train", "", None) for i in range(50)]
+    order = balanced_frames(samples, 4, 0)
+    per_road = Counter(samples[i].group for i in order)
+    assert per_road == {"long": 128, "mid": 128, "short": 128, "": 50}
+    short = Counter(i for i in order if samples[i].group == "short")
+    assert set(short.values()) == {5, 6}  # 128 = 5 x 24 + 8: every frame 5 times, 8 of them once more
+    long_frames = [i for i in order if samples[i].group == "long"]
+    assert len(set(long_frames)) == 128  # a subsample, no repeats
+    assert long_frames != [i for i in balanced_frames(samples, 5, 0) if samples[i].group == "long"]  # new each epoch
+    assert order == balanced_frames(samples, 4, 0)  # seeded: a resumed run draws the same
+    draws = plan_epoch(samples, 4, 0, "mil", False, {}, True, 0.0, True)
+    assert Counter(samples[d.index].group for d in draws if d.mode != "frame") == per_road
+    # without groups (the demo, web photos) balancing changes nothing
+    web = samples[-50:]
+    assert plan_epoch(web, 1, 0, "mil", False, {}, True, 0.0, True) == plan_epoch(web, 1, 0, "mil", False, {})
+
+
 def test_paste_without_any_boxed_pothole_says_it_pastes_nothing(shared_folder, tmp_path, caplog):
     train(_config(shared_folder, tmp_path / "run", epochs=1, paste=0.5))  # web-style folder: no boxes.csv
     assert "--paste 0.5 pastes nothing" in caplog.text and (tmp_path / "run" / "model.pt").is_file()

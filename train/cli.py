@@ -81,6 +81,13 @@ def _d(config: type, name: str) -> str:
     "(copy-paste: the same potholes on other pavement); needs boxes.csv, 0 turns it off." + _d(T, "paste"),
 )
 @click.option("--group-column", help="frames.csv column whose frames share a split." + _d(T, "group_column"))
+@click.option(
+    "--group-balance/--no-group-balance",
+    default=None,
+    help="Draw each group (--group-column, e.g. road) equally often in an epoch: a short road's frames repeat, a "
+    "long road's are subsampled, so one long road does not teach its pavement as the norm; frames without a "
+    "group come once each.  [default: off]",
+)
 @click.option("--epochs", type=int, help="Most epochs." + _d(T, "epochs"))
 @click.option(
     "--time-limit",

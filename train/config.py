@@ -46,6 +46,9 @@ class TrainConfig:
     # share of negative frames that also give a tile with a boxed pothole pasted in (train.paste); 0: none.
     # Off by default: 3-fold road CV 0.863 with 0.5, against 0.872 without
     paste: float = 0.0
+    # each group (--group-column, e.g. road) drawn equally often in an epoch, small roads repeated and large ones
+    # subsampled (train.tiles.balanced_frames); frames without a group come once each
+    group_balance: bool = False
     labels: str = "boxes"  # tile labels from boxes.csv where a root has one, else MIL; "mil": MIL everywhere
     group_column: str = "segment"  # frames.csv column whose frames must share a split
     epochs: int = 30

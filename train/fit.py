@@ -224,7 +224,15 @@ def _epoch(
     grids = spec["view"]["grids"]
     whole_only = grids == [[1, 1]]
     draws = plan_epoch(
-        samples, epoch, config.seed, config.labels, whole_only, state.hottest, [1, 1] in grids, config.paste
+        samples,
+        epoch,
+        config.seed,
+        config.labels,
+        whole_only,
+        state.hottest,
+        [1, 1] in grids,
+        config.paste,
+        config.group_balance,
     )
     tiles = TileDataset([folder.path(s) for s in samples], samples, draws, spec, config.augment)
     sampler = (

@@ -48,13 +48,17 @@ def plan_epoch(
     hottest: dict[int, Footprint],
     with_frame: bool = True,
     paste: float = 0.0,
+    group_balance: bool = False,
 ) -> list[Draw]:
     """This epoch's draws, shuffled. With `paste`, that share of negative frames also gives a tile with a
-    pothole from a boxed frame pasted in (positive): their hard tile half the time, else a random one."""
+    pothole from a boxed frame pasted in (positive): their hard tile half the time, else a random one. With
+    `group_balance`, the frames come from `balanced_frames`, else each frame once."""
     rng = random.Random(f"{seed}:{epoch}")
     donors = [i for i, s in enumerate(samples) if s.label == 1 and s.boxes] if paste else []
+    order = balanced_frames(samples, epoch, seed) if group_balance else range(len(samples))
     draws = []
-    for i, s in enumerate(samples):
+    for i in order:
+        s = samples[i]
         k = rng.randrange(1 << 30)
         if whole_only:
             draws.append(Draw(i, "whole", s.label, k))
@@ -73,6 +77,28 @@ def plan_epoch(
                 draws.append(Draw(i, "paste", 1, k + 3, host, rng.choice(donors)))
     rng.shuffle(draws)
     return draws
+
+
+def balanced_frames(samples: list[Sample], epoch: int, seed: int) -> list[int]:
+    """This epoch's frames with each group (road) drawn equally often: the grouped frames' count shared
+    equally between their groups, a small group's frames repeated and a large one's subsampled, so one long
+    road does not teach the look of its pavement for all. Frames without a group (web photos) come once each."""
+    rng = random.Random(f"{seed}:groups:{epoch}")
+    groups: dict[str, list[int]] = {}
+    order = []
+    for i, s in enumerate(samples):
+        if s.group:
+            groups.setdefault(s.group, []).append(i)
+        else:
+            order.append(i)
+    if not groups:
+        return order
+    share = sum(len(v) for v in groups.values()) / len(groups)
+    for name in sorted(groups):
+        members = groups[name]
+        whole, rest = divmod(round(share), len(members))
+        order += members * whole + sorted(rng.sample(members, rest))
+    return order
 
 
 def _level_sides(spec_view: dict[str, Any], w: int, h: int) -> list[float]:

@@ -202,9 +202,12 @@ def open_session(
     max_batch: int = 32,
     opt_batch: int | None = None,
     trt_cache: str | Path | None = None,
+    spin: bool = True,
 ) -> Session:
     """Open `model` (a file or a run directory) on `device` ("cuda:1" for the second GPU). TensorRT's profile
-    is tuned for `opt_batch` (a frame's tiles) up to `max_batch`; its engines go under `trt_cache`.
+    is tuned for `opt_batch` (a frame's tiles) up to `max_batch`; its engines go under `trt_cache`. `spin`
+    False stops the CPU threads from spin-waiting between runs, which leaves their cores to other threads (the
+    edge's frame reader).
 
     A GPU named on purpose ("cuda", "tensorrt") that cannot start is a UsageError unless
     `allow_cpu_fallback`; "auto" takes the best that starts. With a GPU named and no fallback,
@@ -240,6 +243,7 @@ def open_session(
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # quantised graphs log harmless fusion notes
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if named_gpu and not allow_cpu_fallback:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     try:
@@ -262,7 +266,7 @@ def open_session(
         )
     metadata.check_graph(meta, session, str(path))
     counts = _node_counts(session)
-    opts: dict[str, Any] = {"threads": options.intra_op_num_threads, "device_asked": device}
+    opts: dict[str, Any] = {"threads": options.intra_op_num_threads, "spinning": spin, "device_asked": device}
     if used[0] == PROVIDERS["tensorrt"]:
         # --precision applies to TensorRT alone: CUDA and the CPU run the graph's own types
         trt = dict(providers[0][1])

@@ -90,6 +90,9 @@ def run(config: EdgeConfig, stop: threading.Event | None = None) -> dict[str, An
         config.allow_cpu_fallback,
         max_batch=64,
         trt_cache=config.trt_cache,
+        # the reader decodes and cuts the next frame on the same cores: idle inference threads must not spin on
+        # them (edge-run, 720p, 2 cores: 20.0 fps against 18.4 with spinning)
+        spin=False,
     )
     if str(session.path) != str(config.model):
         log.info("model: %s", session.path)
@@ -455,6 +458,7 @@ class EdgeRun:
             "precision": self.session.options.get("precision"),  # TensorRT's build precision; None elsewhere
             "trt_cache": self.session.options.get("trt_cache"),
             "threads": c.threads,
+            "spinning": self.session.options["spinning"],
             "threshold": self.threshold,
             "view": self.spec["view"],
             "tiles_per_frame": self.tiles_per_frame,

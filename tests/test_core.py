@@ -255,6 +255,16 @@ def test_node_counts_say_where_the_graph_runs(tmp_path):
     assert s.node_counts == {"CPUExecutionProvider": 8}
 
 
+def test_spinning_is_a_session_option(tmp_path):
+    from tests.test_edge import brightness_model
+
+    path = brightness_model(tmp_path / "model.onnx")
+    for spin, entry in ((True, "1"), (False, "0")):
+        s = sessions.open_session(path, "cpu", threads=1, spin=spin)
+        assert s.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry
+        assert s.options["spinning"] is spin
+
+
 def test_io_binding_reuses_one_device_buffer_per_shape(tmp_path):
     from tests.test_edge import brightness_model
 

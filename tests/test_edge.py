@@ -684,6 +684,7 @@ def test_threads_are_capped_at_the_usable_cores(model, video, tmp_path):
         EdgeConfig(model=str(model), video=str(video), out=str(tmp_path / "run"), threads=100000, max_frames=3)
     )
     assert result["threads"] == usable_cores() and result["frames"]["processed"] == 3
+    assert result["spinning"] is False  # idle inference threads leave the reader's cores alone
 
 
 def test_out_is_claimed_atomically_and_a_run_that_never_starts_leaves_nothing(model, tmp_path, monkeypatch):

@@ -20,6 +20,12 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def boolean(name: str, value: Any) -> None:
+    """A saved or hand-written config may hold "no" where a switch belongs: that must not read as on."""
+    if not isinstance(value, bool):
+        raise UsageError(f"{flag(name)} must be true or false, got {value!r}")
+
+
 def integer(name: str, value: Any, low: int, high: int | None = None) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value <= high)
     if not ok:

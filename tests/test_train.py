@@ -160,6 +160,14 @@ def test_a_run_saved_before_the_weight_average_was_the_default_resumes_without_o
     assert TrainConfig(data=("x",)).ema_epochs == 1.0
 
 
+def test_a_switch_in_a_saved_config_must_be_true_or_false():
+    with pytest.raises(UsageError, match=r"--group-balance must be true or false, got 'no'"):
+        TrainConfig(data=("x",), group_balance="no").check()  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"--amp must be true or false, got 1"):
+        TrainConfig(data=("x",), amp=1).check()  # type: ignore[arg-type]
+    TrainConfig(data=("x",), group_balance=True).check()
+
+
 def test_early_stopping_restores_the_best_epoch():
     stopper = fit.EarlyStopping(patience=2, min_delta=0.01)
     assert stopper.step(1.0, 0) and stopper.step(0.5, 1)

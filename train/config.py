@@ -107,6 +107,8 @@ class TrainConfig:
         checks.choice("global-pool", self.global_pool, GLOBAL_POOLS)
         checks.choice("class-weight", self.class_weight, CLASS_WEIGHTS)
         checks.choice("threshold-rule", self.threshold_rule, THRESHOLD_RULES)
+        for name in ("group_balance", "amp"):
+            checks.boolean(name, getattr(self, name))
         for name in ("epochs", "batch_size", "patience", "demo_per_class"):
             checks.integer(name, getattr(self, name), 1)
         for name in ("lr_patience", "hard_negatives", "seed", "cv", "cv_fold"):

@@ -71,6 +71,22 @@ def test_every_road_is_held_out_exactly_once_and_never_straddles_splits(tmp_path
     assert len(web_held) == 18 and set(web_held.values()) == {1}
 
 
+def test_validation_takes_few_roads_so_training_keeps_many():
+    # three long roads and four short ones: filling validation's share with whole short roads would take all four
+    sizes = {"long1": 40, "long2": 40, "long3": 40, "s1": 6, "s2": 6, "s3": 6, "s4": 6}
+    samples = [
+        data.Sample(0, f"{road}/{i}.jpg", i % 2, f"{road}-{i}", group=road)
+        for road, n in sizes.items()
+        for i in range(n)
+    ]
+    for seed in range(5):
+        split = data.split_samples(samples, 0.15, 0.15, seed)
+        val = {s.group for s in split if s.split == "val"}
+        assert len(val) <= 2, val  # at most 15% of the seven roads, rounded up
+        assert len({s.group for s in split if s.split == "train"}) >= 3
+        assert {s.label for s in split if s.split == "val"} == {0, 1}
+
+
 def test_split_seed_keeps_the_folds_while_the_training_seed_changes(tmp_path):
     from pothole_edge.train.run import resolve, split
 

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import logging
+import math
 import os
 import random
 from collections import defaultdict
@@ -496,10 +497,14 @@ def _grouped(
         assigned: dict[str, str] = {}
         cost = 0.0
         for split, fraction in fractions:
-            target, have, positives = n * fraction, 0, 0
+            target, have, positives, taken = n * fraction, 0, 0, 0
+            # a share of the frames is also at most that share of the groups (as in scikit-learn's
+            # GroupShuffleSplit), so many small roads cannot all leave training for validation
+            most = max(1, math.ceil(fraction * len(keys)))
             for k in order:
-                if k in assigned or have >= target or have + len(groups[k]) > 1.3 * target:
+                if k in assigned or have >= target or have + len(groups[k]) > 1.3 * target or taken >= most:
                     continue
+                taken += 1
                 assigned[k] = split
                 have += len(groups[k])
                 positives += sum(s.label for s in groups[k])

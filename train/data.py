@@ -389,7 +389,8 @@ def split_samples(
 
     Without groups it is stratified by label. With groups (road segments, whose neighbouring frames
     are near copies) it searches seeded assignments of whole groups for the one closest to the
-    fractions that gives val and test both classes. The split depends on the files' bytes, the
+    fractions that gives val and test both classes, each split taking at most its fraction of the
+    groups (rounded up) so that training keeps as many groups as it can. The split depends on the files' bytes, the
     groups and the seed, not on listing order or where the folder lives.
 
     With `folds` (cross-validation), the groups are dealt into that many balanced folds; fold number

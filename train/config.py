@@ -47,7 +47,8 @@ class TrainConfig:
     # Off by default: 3-fold road CV 0.863 with 0.5, against 0.872 without
     paste: float = 0.0
     # each group (--group-column, e.g. road) drawn equally often in an epoch, small roads repeated and large ones
-    # subsampled (train.tiles.balanced_frames); frames without a group come once each
+    # subsampled (train.tiles.balanced_frames); frames without a group come once each. Off by default: six-road
+    # leave-one-road-out mean ROC-AUC 0.816 with it, against 0.822 without (web photos 0.972 against 0.954)
     group_balance: bool = False
     labels: str = "boxes"  # tile labels from boxes.csv where a root has one, else MIL; "mil": MIL everywhere
     group_column: str = "segment"  # frames.csv column whose frames must share a split

@@ -117,6 +117,29 @@ def test_an_ensemble_is_one_model_to_every_consumer(shared_folder, trained_run, 
         read_state(str(out / "model.pt"))
 
 
+def test_one_run_is_judged_again_under_another_view(shared_folder, trained_run, tmp_path):
+    from pothole_edge.train.config import EvalConfig
+    from pothole_edge.train.evaluate import evaluate
+
+    out = tmp_path / "finer"
+    result = run("pt-ensemble", str(trained_run), "--grids", "1x1+4x3+5x3", "--pool", "max", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    before = load(trained_run)
+    assert "members" not in ckpt and ckpt["member_runs"] == [str(trained_run)]  # one run keeps a plain checkpoint
+    assert ckpt["spec"]["view"] == before["spec"]["view"] | {"grids": [[1, 1], [4, 3], [5, 3]], "pool": "max"}
+    assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in before["state_dict"].items())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["view"]["grids"] == [[1, 1], [4, 3], [5, 3]] and ckpt["spec"]["threshold"] == metrics["threshold"]
+    # every consumer reads the new view from the checkpoint: pt-eval scores 28 tiles a frame and reports them
+    again = evaluate(EvalConfig(model=str(out), data=str(shared_folder), out=str(tmp_path / "eval"), workers=0))
+    assert again["view"] == ckpt["spec"]["view"]
+    read_state(str(out / "model.pt"))  # and it can seed training, unlike an ensemble of several
+    for bad, words in ((["--grids", "4x"], ("--grids", "1x1+3x2")), (["--pool", "mean"], ("--pool", "top2"))):
+        assert_usage_error(run("pt-ensemble", str(trained_run), *bad, "--out", str(tmp_path / "bad")), *words)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ensemble_members_must_share_split_and_view(shared_folder, trained_run, tmp_path):
     resplit = tmp_path / "resplit"
     train(TrainConfig(data=(str(shared_folder),), out=str(resplit), split_seed=7, **(TINY | {"epochs": 1})))

@@ -238,15 +238,18 @@ def eval_command(model: str, **options: Any) -> None:
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", required=True, help="Directory for the ensemble: a run directory, or a cross-validation's.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N, for scoring the splits.")
-def ensemble_command(runs: tuple[str, ...], out: str, device: str) -> None:
+@click.option("--grids", help="Judge the model under these tile levels, e.g. 1x1+4x3+5x3.  [default: the runs']")
+@click.option("--pool", type=click.Choice(POOLS), help="Judge it with this pooling of tiles.  [default: the runs']")
+def ensemble_command(runs: tuple[str, ...], out: str, device: str, grids: str | None, pool: str | None) -> None:
     """One model from two or more finished RUNS of the same split (other --seed, same --split-seed): the mean of
     their logits, its threshold chosen again on their validation split, its test report beside it. Given
-    cross-validations of the same folds, each fold's runs are joined and cv.json compares the ensemble."""
+    cross-validations of the same folds, each fold's runs are joined and cv.json compares the ensemble. With
+    --grids or --pool, one RUN is enough: it is judged again under that view (threshold chosen again)."""
 
     def go() -> None:
         from pothole_edge.train.ensemble import ensemble
 
-        ensemble(EnsembleConfig(runs=runs, out=out, device=device))
+        ensemble(EnsembleConfig(runs=runs, out=out, device=device, grids=grids, pool=pool))
 
     run(go)
 

@@ -174,12 +174,26 @@ class EnsembleConfig:
     runs: tuple[str, ...]  # finished runs of one split, or cross-validations of the same folds
     out: str
     device: str = "cpu"
+    # another view for the joined model (None: the runs' own); one run needs one of them
+    grids: str | None = None
+    pool: str | None = None
 
     def check(self) -> None:
-        if len(self.runs) < 2:
-            raise UsageError("pt-ensemble needs two or more runs (run directories or cross-validations)")
         if not self.out:
             raise UsageError("missing --out DIR for the ensemble")
+        if self.grids is not None:
+            parse_grids(self.grids)
+        checks.choice("pool", self.pool, POOLS, optional=True)
+        if len(self.runs) < 2 and self.grids is None and self.pool is None:
+            raise UsageError(
+                "pt-ensemble needs two or more runs (run directories or cross-validations), or one run with "
+                "--grids or --pool to judge it under another view"
+            )
+
+    def view(self, view: dict[str, Any]) -> dict[str, Any]:
+        """The runs' view with this config's --grids and --pool in place of theirs."""
+        given = {"grids": parse_grids(self.grids) if self.grids else None, "pool": self.pool}
+        return view | {k: v for k, v in given.items() if v is not None}
 
 
 def parse_grids(text: str) -> list[list[int]]:

@@ -6,6 +6,10 @@ ensemble is one model to every consumer: its model.pt holds the members' weights
 pt-export (one ONNX graph holding every member), pt-bench and edge-run read it like any other. The members must
 share the split (so the threshold is chosen on the same validation frames none of them trained on), the
 preprocessing, the view and the network; the threshold is chosen again for the ensemble.
+
+With --grids or --pool the joined model is judged under another view than the one its runs trained with, and one
+run is enough: a finer level added at test time (1x1+4x3+5x3) is multi-scale testing, more tiles for a better
+ranking on new roads, measured in the README. The threshold is chosen again for that view, as it must be.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pothole_edge import view as views
 from pothole_edge.errors import UsageError
 from pothole_edge.fileio import ensure_writable_dir, write_json
 from pothole_edge.train.config import EnsembleConfig, TrainConfig, load_json, to_dict
@@ -47,10 +52,12 @@ def _members(runs: list[str]) -> list[dict[str, Any]]:
     return ckpts
 
 
-def ensemble_run(runs: list[str], ckpts: list[dict[str, Any]], out: Path, device: Any) -> dict[str, Any]:
+def ensemble_run(
+    runs: list[str], ckpts: list[dict[str, Any]], out: Path, device: Any, view: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Members' finished runs (and their checked checkpoints, from `_members`) in, one run directory out: model.pt
-    with every member, the threshold chosen on the shared validation split, and the test report. Returns the test
-    metrics."""
+    with every member (one run: its weights alone), judged under `view` (None: theirs), the threshold chosen on the
+    shared validation split, and the test report. Returns the test metrics."""
     from pothole_edge.train import checkpoint
     from pothole_edge.train.distributed import Context
     from pothole_edge.train.fit import judge
@@ -64,15 +71,19 @@ def ensemble_run(runs: list[str], ckpts: list[dict[str, Any]], out: Path, device
     net = checkpoint.model_from_checkpoint({"spec": ckpts[0]["spec"], "members": [c["state_dict"] for c in ckpts]})
     net = net.to(ctx.device)
     ensure_writable_dir(out, "ensemble directory")
-    spec, metrics = judge(config, out, folder, net, ckpts[0]["spec"], ctx, {"members": [str(r) for r in runs]})
+    spec = ckpts[0]["spec"] | {"view": view or ckpts[0]["spec"]["view"]}
+    spec, metrics = judge(config, out, folder, net, spec, ctx, {"members": [str(r) for r in runs]})
     # the members' shared data, so cv summaries read it; copied after the slow scoring, as a config.json marks
     # a directory that holds a run: an interrupted ensemble can simply be run again
     for name in ("config.json", "data.json", "split.csv"):
         shutil.copyfile(first / name, out / name)
     keep = ("config", "manifest_sha256", "package_version", "torch_version")
+    states = [c["state_dict"] for c in ckpts]
+    weights = {"state_dict": states[0]} if len(states) == 1 else {"members": states}
     checkpoint.save(
         {k: ckpts[0][k] for k in keep if k in ckpts[0]}
-        | {"spec": spec, "members": [c["state_dict"] for c in ckpts], "member_runs": [str(r) for r in runs]}
+        | {"spec": spec, "member_runs": [str(r) for r in runs]}
+        | weights
         | {"epoch": 0, "metrics": metrics},
         out / "model.pt",
     )
@@ -87,7 +98,13 @@ def ensemble_run(runs: list[str], ckpts: list[dict[str, Any]], out: Path, device
             "test": {k: metrics[k] for k in ("accuracy", "roc_auc", "average_precision")},
         },
     )
-    log.info("wrote %s: %d members, test ROC-AUC %.4f", out / "model.pt", len(runs), metrics["roc_auc"])
+    log.info(
+        "wrote %s: %d member(s), %d tiles a frame, test ROC-AUC %.4f",
+        out / "model.pt",
+        len(runs),
+        views.tile_count(spec["view"]),
+        metrics["roc_auc"],
+    )
     return metrics
 
 
@@ -109,7 +126,8 @@ def ensemble(config: EnsembleConfig) -> dict[str, Any]:
     if any(cvs) and not all(cvs):
         raise UsageError("give runs alone, or cross-validations alone: a fold's members must be its folds")
     if not all(cvs):
-        metrics = ensemble_run(runs, _members(runs), target, device)
+        ckpts = _members(runs)
+        metrics = ensemble_run(runs, ckpts, target, device, config.view(ckpts[0]["spec"]["view"]))
         write_json(target / "ensemble_config.json", to_dict(config))
         return metrics
     from pothole_edge.train import plots
@@ -123,7 +141,7 @@ def ensemble(config: EnsembleConfig) -> dict[str, Any]:
     checked = [_members(members) for members in folds]  # every fold checked before the first is written
     for k, (members, ckpts) in enumerate(zip(folds, checked), 1):
         log.info("fold %d of %d", k, configs[0].cv)
-        ensemble_run(members, ckpts, fold_dir(target, k), device)
+        ensemble_run(members, ckpts, fold_dir(target, k), device, config.view(ckpts[0]["spec"]["view"]))
     # last: a config.json marks a finished cross-validation, so an interrupted one can simply be run again
     shutil.copyfile(Path(runs[0]) / "config.json", target / "config.json")
     result = summarize(target, configs[0], time.time() - started) | {"members": [str(r) for r in runs]}

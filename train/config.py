@@ -184,7 +184,7 @@ class EnsembleConfig:
         if self.grids is not None:
             parse_grids(self.grids)
         checks.choice("pool", self.pool, POOLS, optional=True)
-        if len(self.runs) < 2 and self.grids is None and self.pool is None:
+        if not self.runs or (len(self.runs) < 2 and self.grids is None and self.pool is None):
             raise UsageError(
                 "pt-ensemble needs two or more runs (run directories or cross-validations), or one run with "
                 "--grids or --pool to judge it under another view"

@@ -118,6 +118,8 @@ def test_an_ensemble_is_one_model_to_every_consumer(shared_folder, trained_run, 
 
 
 def test_one_run_is_judged_again_under_another_view(shared_folder, trained_run, tmp_path):
+    from pothole_edge.export.config import ExportConfig
+    from pothole_edge.export.run import export
     from pothole_edge.train.config import EvalConfig
     from pothole_edge.train.evaluate import evaluate
 
@@ -135,6 +137,8 @@ def test_one_run_is_judged_again_under_another_view(shared_folder, trained_run, 
     again = evaluate(EvalConfig(model=str(out), data=str(shared_folder), out=str(tmp_path / "eval"), workers=0))
     assert again["view"] == ckpt["spec"]["view"]
     read_state(str(out / "model.pt"))  # and it can seed training, unlike an ensemble of several
+    proof = export(ExportConfig(str(out), out=str(tmp_path / "onnx"), speed_runs=3))  # the edge gets the view too
+    assert proof["passed"] and metadata.read(tmp_path / "onnx" / "model.onnx")["view"] == ckpt["spec"]["view"]
     for bad, words in ((["--grids", "4x"], ("--grids", "1x1+3x2")), (["--pool", "mean"], ("--pool", "top2"))):
         assert_usage_error(run("pt-ensemble", str(trained_run), *bad, "--out", str(tmp_path / "bad")), *words)
     assert not (tmp_path / "bad").exists()

@@ -53,11 +53,11 @@ def _members(runs: list[str]) -> list[dict[str, Any]]:
 
 
 def ensemble_run(
-    runs: list[str], ckpts: list[dict[str, Any]], out: Path, device: Any, view: dict[str, Any] | None = None
+    runs: list[str], ckpts: list[dict[str, Any]], out: Path, device: Any, view: dict[str, Any]
 ) -> dict[str, Any]:
     """Members' finished runs (and their checked checkpoints, from `_members`) in, one run directory out: model.pt
-    with every member (one run: its weights alone), judged under `view` (None: theirs), the threshold chosen on the
-    shared validation split, and the test report. Returns the test metrics."""
+    with every member (one run: its weights alone), judged under `view`, the threshold chosen on the shared
+    validation split, and the test report. Returns the test metrics."""
     from pothole_edge.train import checkpoint
     from pothole_edge.train.distributed import Context
     from pothole_edge.train.fit import judge
@@ -71,8 +71,9 @@ def ensemble_run(
     net = checkpoint.model_from_checkpoint({"spec": ckpts[0]["spec"], "members": [c["state_dict"] for c in ckpts]})
     net = net.to(ctx.device)
     ensure_writable_dir(out, "ensemble directory")
-    spec = ckpts[0]["spec"] | {"view": view or ckpts[0]["spec"]["view"]}
-    spec, metrics = judge(config, out, folder, net, spec, ctx, {"members": [str(r) for r in runs]})
+    spec, metrics = judge(
+        config, out, folder, net, ckpts[0]["spec"] | {"view": view}, ctx, {"members": [str(r) for r in runs]}
+    )
     # the members' shared data, so cv summaries read it; copied after the slow scoring, as a config.json marks
     # a directory that holds a run: an interrupted ensemble can simply be run again
     for name in ("config.json", "data.json", "split.csv"):

@@ -68,8 +68,9 @@ def ensemble_run(
     config = load_json(TrainConfig, first / "config.json")
     folder = read_run_data(first)
     ctx = Context(0, 1, device)
-    net = checkpoint.model_from_checkpoint({"spec": ckpts[0]["spec"], "members": [c["state_dict"] for c in ckpts]})
-    net = net.to(ctx.device)
+    states = [c["state_dict"] for c in ckpts]
+    weights = {"state_dict": states[0]} if len(states) == 1 else {"members": states}  # as model.pt will hold them
+    net = checkpoint.model_from_checkpoint({"spec": ckpts[0]["spec"]} | weights).to(ctx.device)
     ensure_writable_dir(out, "ensemble directory")
     spec, metrics = judge(
         config, out, folder, net, ckpts[0]["spec"] | {"view": view}, ctx, {"members": [str(r) for r in runs]}
@@ -79,8 +80,6 @@ def ensemble_run(
     for name in ("config.json", "data.json", "split.csv"):
         shutil.copyfile(first / name, out / name)
     keep = ("config", "manifest_sha256", "package_version", "torch_version")
-    states = [c["state_dict"] for c in ckpts]
-    weights = {"state_dict": states[0]} if len(states) == 1 else {"members": states}
     checkpoint.save(
         {k: ckpts[0][k] for k in keep if k in ckpts[0]}
         | {"spec": spec, "member_runs": [str(r) for r in runs]}

@@ -144,6 +144,44 @@ def test_one_run_is_judged_again_under_another_view(shared_folder, trained_run, 
     assert not (tmp_path / "bad").exists()
 
 
+def test_test_grids_judge_the_trained_model_as_pt_ensemble_would(shared_folder, trained_run, tmp_path):
+    """--test-grids trains on --grids' tiles, then chooses the threshold and tests with the finer view: the same
+    model, threshold and test metrics as training with --grids alone and judging it again with pt-ensemble."""
+    finer = "1x1+2x2+3x2"
+    out = tmp_path / "trained-finer"
+    metrics = train(
+        TrainConfig(data=(str(shared_folder),), out=str(out), **(TINY | {"epochs": 3, "test_grids": finer}))
+    )
+    again = ensemble(EnsembleConfig(runs=(str(trained_run),), out=str(tmp_path / "judged"), grids=finer))
+    ckpt, judged = load(out), load(tmp_path / "judged")
+    assert ckpt["spec"]["view"]["grids"] == [[1, 1], [2, 2], [3, 2]] and ckpt["spec"] == judged["spec"]
+    assert all(torch.equal(judged["state_dict"][k], v) for k, v in ckpt["state_dict"].items())
+    assert metrics["threshold"] == again["threshold"] and metrics["roc_auc"] == again["roc_auc"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["grids"] == "1x1+2x2" and saved["test_grids"] == finer  # training drew its tiles from the coarser
+
+    def epochs(run):  # every column but the epoch's seconds
+        return [row.rsplit(",", 1)[0] for row in (run / "history.csv").read_text().splitlines()]
+
+    assert epochs(out) == epochs(trained_run)  # and trained the same
+    assert_usage_error(
+        run("pt-train", "--data", "demo", "--test-grids", "2by2", "--out", str(tmp_path / "bad")), "--test-grids '2by2'"
+    )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_default_view_adds_a_finer_level_at_test_time_and_a_chosen_one_is_kept(tmp_path):
+    from pothole_edge.train.run import resolve
+
+    def views(**given):
+        config = resolve(TrainConfig(data=("demo",), out=str(tmp_path / "run"), **given))
+        return config.grids, config.test_grids
+
+    assert views() == ("1x1+4x3", "1x1+4x3+5x3")
+    assert views(grids="1x1+3x2") == ("1x1+3x2", "1x1+3x2")  # a user's view is judged as it trained
+    assert views(test_grids="1x1+4x3") == ("1x1+4x3", "1x1+4x3")  # the 13-tile model, twice the frame rate
+
+
 def test_ensemble_members_must_share_split_and_view(shared_folder, trained_run, tmp_path):
     resplit = tmp_path / "resplit"
     train(TrainConfig(data=(str(shared_folder),), out=str(resplit), split_seed=7, **(TINY | {"epochs": 1})))

@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler, Subset
 
 from pothole_edge import __version__
 from pothole_edge import spec as specs
+from pothole_edge import view as views
 from pothole_edge.fileio import write_json, write_text
 from pothole_edge.train import checkpoint, data, plots
 from pothole_edge.train.checkpoint import BEST, LAST
@@ -371,6 +372,10 @@ def finish(
         log.warning("validation loss never improved (is it NaN?); keeping the last epoch's weights")
         best = {"epoch": len(history)}
     net = normalized(bare, spec["preprocess"]).to(ctx.device).eval()
+    if config.test_grids and config.test_grids != config.grids:
+        # timm's test_input_size: trained on one view's tiles, judged and deployed with another, finer one
+        spec = spec | {"view": spec["view"] | {"grids": parse_grids(config.test_grids, "test_grids")}}
+        log.info("judging with the test view %s (%d tiles a frame)", config.test_grids, views.tile_count(spec["view"]))
     spec, metrics = judge(config, out, folder, net, spec, ctx, {"best_epoch": best["epoch"]})
     checkpoint.save(
         meta | {"spec": spec, "state_dict": bare.state_dict(), "epoch": best["epoch"], "metrics": metrics},

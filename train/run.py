@@ -14,7 +14,7 @@ from pothole_edge.errors import DiskFull, UsageError, is_disk_full
 from pothole_edge.fileio import ensure_writable_dir, first_missing, next_free, write_json, write_text
 from pothole_edge.train import data
 from pothole_edge.train.checkpoint import LAST
-from pothole_edge.train.config import TrainConfig, load_json, to_dict
+from pothole_edge.train.config import DEFAULT_GRIDS, DEFAULT_TEST_GRIDS, TrainConfig, load_json, to_dict
 from pothole_edge.train.distill import check_teachers, fold_teachers
 from pothole_edge.train.models import WEIGHT_CHOICES, check_arch, check_imagenet, default_freeze, resolve_preprocess
 
@@ -44,6 +44,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
                 f"data directory {root} does not exist; pass --data DIR with normal/ and pothole/ sub-folders, or "
                 "--data demo"
             )
+    if config.test_grids is None:
+        config = replace(config, test_grids=DEFAULT_TEST_GRIDS if config.grids is None else config.grids)
+    config = replace(config, grids=config.grids or DEFAULT_GRIDS)
     if config.lr is None:
         config = replace(config, lr=1e-3 if config.weights == "none" else 3e-4)
     if config.workers is None:

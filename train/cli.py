@@ -14,6 +14,8 @@ from pothole_edge.train.config import (
     ARCH_CHOICES,
     AUGMENTS,
     CLASS_WEIGHTS,
+    DEFAULT_GRIDS,
+    DEFAULT_TEST_GRIDS,
     LABELS,
     THRESHOLD_RULES,
     EnsembleConfig,
@@ -45,13 +47,13 @@ def _d(config: type, name: str) -> str:
 @click.option("--img-size", type=int, help="Model input side, in pixels.  [default: the weights' own, 224]")
 @click.option(
     "--grids",
-    help="The tile levels training draws from, cols x rows, 1x1 being the whole frame.  [default: 1x1+4x3]",
+    help=f"The tile levels training draws from, cols x rows, 1x1 being the whole frame.  [default: {DEFAULT_GRIDS}]",
 )
 @click.option(
     "--test-grids",
     help="The tile levels the model is judged and deployed with (its threshold is chosen there), as timm's test "
-    "input size; a finer level than training's ranks small potholes better.  [default: 1x1+4x3+5x3 with the "
-    "default --grids, else --grids]",
+    f"input size; a finer level than training's ranks small potholes better.  [default: {DEFAULT_TEST_GRIDS} with "
+    "the default --grids, else --grids]",
 )
 @click.option("--overlap", type=float, help="Least overlap between neighbouring tiles." + _d(T, "overlap"))
 @click.option("--region", help="The part of the frame the model looks at: x0,y0,x1,y1 fractions." + _d(T, "region"))

@@ -9,9 +9,12 @@ speed, every frame is taken (the distance is unknown, so nothing may be skipped)
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("edge")
 
 
 class DistanceGate:
@@ -23,6 +26,7 @@ class DistanceGate:
         self.road_m = 0.0
         self.gaps: list[float] = []  # metres between consecutive classified frames
         self.taken = self.skipped = self.unknown = 0
+        self.warned = False
 
     def take(self, t: float | None, speed_mps: float | None) -> bool:
         """Whether this frame is classified: the first, and then each once `every_m` metres were driven."""
@@ -40,6 +44,15 @@ class DistanceGate:
             return False
         if self.taken:
             self.gaps.append(self.since_m)
+            if self.since_m > self.view_depth_m and not self.warned:
+                self.warned = True  # once: summary.json counts every stretch
+                log.warning(
+                    "road went by unseen: %.1f m between two classified frames, more than the %.1f m the view sees; "
+                    "lower --every-m, or, where classifying falls behind the vehicle, use a model with fewer tiles a "
+                    "frame (pt-train --test-grids 1x1+4x3)",
+                    self.since_m,
+                    self.view_depth_m,
+                )
         self.taken += 1
         self.since_m = 0.0
         return True

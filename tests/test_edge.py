@@ -758,9 +758,10 @@ def test_edge_install_says_which_extra_the_training_commands_need():
         assert_usage_error(result, f"{command} needs the '{extra}' extra", f"pip install '.[{extra}]' in a clone")
 
 
-def test_distance_gate_classifies_road_not_frames():
+def test_distance_gate_classifies_road_not_frames(caplog):
     from pothole_edge.edge.coverage import DistanceGate
 
+    caplog.set_level("WARNING", logger="edge")
     gate = DistanceGate(every_m=4.0, view_depth_m=8.0)
     taken = [gate.take(k / 30, 100 / 3.6) for k in range(300)]  # 10 s at 100 km/h, 30 fps
     assert taken[0] and sum(taken) == 60  # 278 m of road, a frame every 5th: 4.63 m apart
@@ -774,6 +775,9 @@ def test_distance_gate_classifies_road_not_frames():
     # 13 frames of 0.93 m: 12.04 m between classified frames, 4.04 m of each gap past the view's 8 m
     assert gaps["unseen_stretches"] == gaps["frames_classified"] - 1
     assert gaps["unseen_longest_m"] == pytest.approx(4.04, abs=0.06)
+    # said once while it runs (the first gate never left road unseen), with what to change
+    warned = [r.getMessage() for r in caplog.records if "unseen" in r.getMessage()]
+    assert len(warned) == 1 and "12.0 m between two classified frames" in warned[0] and "--test-grids" in warned[0]
 
 
 def test_distance_gate_takes_every_frame_when_the_speed_is_unknown():
